@@ -1,0 +1,35 @@
+"""cffi build script: compiles csrc/ into aiolowlat._native._uring (API mode)."""
+
+import pathlib
+import re
+
+from cffi import FFI
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CSRC = ROOT / "csrc"
+
+
+def _cdef_from_header(path: pathlib.Path) -> str:
+    """The declarations cffi needs: the header minus preprocessor lines."""
+    text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    return "\n".join(lines)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_from_header(CSRC / "uring.h"))
+ffibuilder.set_source(
+    "aiolowlat._native._uring",
+    '#include "uring.h"',
+    # setuptools wants paths relative to setup.py, which is where cffi runs this.
+    sources=["csrc/uring.c"],
+    include_dirs=["csrc"],
+    libraries=["uring"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+)
+
+if __name__ == "__main__":
+    import os
+
+    os.chdir(ROOT)
+    ffibuilder.compile(tmpdir="build", verbose=True)

@@ -1,0 +1,591 @@
+/* aiolowlat io_uring core; see uring.h for the model. */
+#define _GNU_SOURCE
+#include "uring.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* user_data = pointer or (python token << 3), tagged in the low 3 bits. */
+enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4 };
+#define TAG_MASK 7ull
+#define BGID 0
+
+enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL, ST_N };
+
+struct al_loop {
+    struct io_uring ring;
+    struct io_uring_buf_ring *br;
+    size_t br_size;
+    unsigned char *pool;
+    unsigned nbufs, bufsize, mask;
+    uint16_t *recycle; /* buffer ids handed to Python by the last al_wait */
+    unsigned nrecycle;
+    int evfd;
+    uint64_t evbuf;
+    int inflight; /* SQEs whose final CQE has not been reaped */
+    uint64_t stats[ST_N];
+};
+
+struct al_conn {
+    al_loop *l;
+    uint64_t token;
+    int fd;
+    unsigned recv_armed : 1, recv_want : 1, recv_cancelling : 1, recv_done : 1;
+    unsigned send_inflight : 1, closing : 1, aborting : 1, shut_wr : 1, notify_drain : 1;
+    char *out; /* the buffer the kernel is sending from */
+    size_t out_len, out_off, out_cap;
+    char *q; /* bytes written while a send is in flight, sent next in order */
+    size_t q_len, q_cap;
+    size_t low_water;
+};
+
+/* An SQE, flushing the SQ to the kernel first when it is full. */
+static struct io_uring_sqe *get_sqe(al_loop *l)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+    if (!sqe) {
+        l->stats[ST_SQ_FULL]++;
+        io_uring_submit(&l->ring);
+        sqe = io_uring_get_sqe(&l->ring);
+    }
+    return sqe;
+}
+
+static void set_ud(al_loop *l, struct io_uring_sqe *sqe, uint64_t ud)
+{
+    io_uring_sqe_set_data64(sqe, ud);
+    if ((ud & TAG_MASK) != TAG_IGNORE)
+        l->inflight++;
+}
+
+static int arm_wake(al_loop *l)
+{
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_read(sqe, l->evfd, &l->evbuf, sizeof l->evbuf, 0);
+    set_ud(l, sqe, TAG_WAKE);
+    return 0;
+}
+
+/* liburing 2.3 lacks io_uring_setup_buf_ring: map and register it here. */
+static int setup_buf_ring(al_loop *l)
+{
+    l->br_size = (size_t)l->nbufs * sizeof(struct io_uring_buf);
+    void *p = mmap(NULL, l->br_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    struct io_uring_buf_reg reg = {.ring_addr = (uintptr_t)p, .ring_entries = l->nbufs, .bgid = BGID};
+    int ret = io_uring_register_buf_ring(&l->ring, &reg, 0);
+    if (ret) {
+        munmap(p, l->br_size);
+        return ret;
+    }
+    l->br = p;
+    io_uring_buf_ring_init(l->br);
+    for (unsigned i = 0; i < l->nbufs; i++)
+        io_uring_buf_ring_add(l->br, l->pool + (size_t)i * l->bufsize, l->bufsize, i, l->mask, i);
+    io_uring_buf_ring_advance(l->br, l->nbufs);
+    return 0;
+}
+
+al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int flags, int *err)
+{
+    al_loop *l = calloc(1, sizeof *l);
+    if (!l) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    l->evfd = -1;
+    if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1))) {
+        *err = -EINVAL; /* the kernel wants a power of two */
+        free(l);
+        return NULL;
+    }
+    struct io_uring_params p = {0};
+    if (flags & AL_SQPOLL) {
+        p.flags |= IORING_SETUP_SQPOLL;
+        p.sq_thread_idle = 1000;
+    }
+    if (flags & AL_COOP)
+        p.flags |= IORING_SETUP_COOP_TASKRUN;
+    p.flags |= IORING_SETUP_CQSIZE;
+    p.cq_entries = entries * 4; /* multishot ops post many CQEs per SQE */
+    int ret = io_uring_queue_init_params(entries, &l->ring, &p);
+    if (ret) {
+        *err = ret;
+        free(l);
+        return NULL;
+    }
+    l->nbufs = nbufs;
+    l->bufsize = bufsize;
+    l->mask = io_uring_buf_ring_mask(nbufs);
+    l->pool = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    l->recycle = calloc(nbufs, sizeof *l->recycle);
+    l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->pool == MAP_FAILED || !l->recycle || l->evfd < 0) {
+        ret = -ENOMEM;
+        if (l->pool == MAP_FAILED)
+            l->pool = NULL;
+    } else {
+        ret = setup_buf_ring(l);
+        if (!ret)
+            ret = arm_wake(l);
+    }
+    if (ret) {
+        *err = ret;
+        al_loop_free(l);
+        return NULL;
+    }
+    *err = 0;
+    return l;
+}
+
+void al_loop_free(al_loop *l)
+{
+    if (!l)
+        return;
+    io_uring_queue_exit(&l->ring); /* cancels whatever is still in flight */
+    if (l->br)
+        munmap(l->br, l->br_size);
+    if (l->pool)
+        munmap(l->pool, (size_t)l->nbufs * l->bufsize);
+    if (l->evfd >= 0)
+        close(l->evfd);
+    free(l->recycle);
+    free(l);
+}
+
+int al_loop_ring_fd(al_loop *l) { return l->ring.ring_fd; }
+unsigned char *al_loop_pool(al_loop *l) { return l->pool; }
+size_t al_loop_pool_size(al_loop *l) { return (size_t)l->nbufs * l->bufsize; }
+int al_loop_inflight(al_loop *l) { return l->inflight; }
+
+void al_loop_stats(al_loop *l, uint64_t *out, int n)
+{
+    for (int i = 0; i < n && i < ST_N; i++)
+        out[i] = l->stats[i];
+}
+
+int al_loop_wake(al_loop *l)
+{
+    return eventfd_write(l->evfd, 1) ? -errno : 0;
+}
+
+/* ---- connections ---- */
+
+al_conn *al_conn_new(al_loop *l, int fd, uint64_t token)
+{
+    al_conn *c = calloc(1, sizeof *c);
+    if (c) {
+        c->l = l;
+        c->fd = fd;
+        c->token = token;
+    }
+    return c;
+}
+
+static int arm_recv(al_loop *l, al_conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
+    c->recv_armed = 1;
+    l->stats[ST_RECV_ARMS]++;
+    return 0;
+}
+
+static int cancel_ud(al_loop *l, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_cancel64(sqe, ud, 0);
+    set_ud(l, sqe, TAG_IGNORE);
+    return 0;
+}
+
+static int cancel_recv(al_loop *l, al_conn *c)
+{
+    if (!c->recv_armed || c->recv_cancelling)
+        return 0;
+    c->recv_cancelling = 1;
+    return cancel_ud(l, (uint64_t)(uintptr_t)c | TAG_RECV);
+}
+
+int al_conn_recv_start(al_loop *l, al_conn *c)
+{
+    c->recv_want = 1;
+    if (c->recv_armed || c->recv_done || c->closing)
+        return 0; /* a cancelled recv re-arms itself when its CQE arrives */
+    return arm_recv(l, c);
+}
+
+int al_conn_recv_stop(al_loop *l, al_conn *c)
+{
+    c->recv_want = 0;
+    return cancel_recv(l, c);
+}
+
+static int submit_send(al_loop *l, al_conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                       MSG_NOSIGNAL | MSG_WAITALL);
+    set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
+    c->send_inflight = 1;
+    l->stats[ST_SENDS]++;
+    return 0;
+}
+
+static int reserve(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 4096;
+    while (ncap < need)
+        ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (!nb)
+        return -ENOMEM;
+    *buf = nb;
+    *cap = ncap;
+    return 0;
+}
+
+int64_t al_conn_pending(al_conn *c)
+{
+    return (int64_t)(c->out_len - c->out_off + c->q_len);
+}
+
+/* Queue bytes for sending, in order: one send in flight per connection, the
+ * rest coalesced behind it. Returns the bytes now pending, or -errno. */
+int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len)
+{
+    if (c->closing || c->shut_wr)
+        return -EPIPE;
+    if (c->send_inflight) {
+        if (reserve(&c->q, &c->q_cap, c->q_len + len))
+            return -ENOMEM;
+        memcpy(c->q + c->q_len, buf, len);
+        c->q_len += len;
+        return al_conn_pending(c);
+    }
+    if (reserve(&c->out, &c->out_cap, len))
+        return -ENOMEM;
+    memcpy(c->out, buf, len);
+    c->out_len = len;
+    c->out_off = 0;
+    int ret = submit_send(l, c);
+    return ret ? ret : (int64_t)len;
+}
+
+void al_conn_notify_drain(al_conn *c, size_t low_water)
+{
+    c->low_water = low_water;
+    c->notify_drain = 1;
+}
+
+int al_conn_shutdown_wr(al_loop *l, al_conn *c)
+{
+    (void)l;
+    c->shut_wr = 1;
+    if (!c->send_inflight)
+        return shutdown(c->fd, SHUT_WR) ? -errno : 0;
+    return 0; /* done when the last send completes */
+}
+
+static void post(uint64_t *toks, int64_t *res, uint64_t *aux, int *n, uint64_t tok, int kind,
+                 int64_t r, uint64_t a)
+{
+    toks[*n] = tok << 3 | (uint64_t)kind;
+    res[*n] = r;
+    aux[*n] = a;
+    (*n)++;
+}
+
+/* Returns 1 when the connection has been released (CLOSED posted, c freed). */
+static int maybe_finish(al_loop *l, al_conn *c, uint64_t *toks, int64_t *res, uint64_t *aux,
+                        int *n)
+{
+    if (!c->closing || c->send_inflight)
+        return 0;
+    if (c->recv_armed) {
+        cancel_recv(l, c);
+        return 0;
+    }
+    post(toks, res, aux, n, c->token, AL_EV_CLOSED, 0, 0);
+    free(c->out);
+    free(c->q);
+    free(c);
+    return 1;
+}
+
+/* Close: flush pending output (unless abort), stop receiving, then post
+ * AL_EV_CLOSED. Returns 1 if released at once (nothing in flight). */
+int al_conn_close(al_loop *l, al_conn *c, int abort)
+{
+    c->closing = 1;
+    c->recv_want = 0;
+    if (abort) {
+        c->aborting = 1;
+        c->q_len = 0;
+        if (c->send_inflight)
+            cancel_ud(l, (uint64_t)(uintptr_t)c | TAG_SEND);
+    }
+    if (c->send_inflight)
+        return 0;
+    if (c->recv_armed) {
+        cancel_recv(l, c);
+        return 0;
+    }
+    free(c->out);
+    free(c->q);
+    free(c);
+    return 1;
+}
+
+static void on_send(al_loop *l, al_conn *c, int r, uint64_t *toks, int64_t *res, uint64_t *aux,
+                    int *n)
+{
+    c->send_inflight = 0;
+    if (r == -EINTR || r == -EAGAIN) {
+        if (!c->aborting)
+            submit_send(l, c);
+    } else if (r < 0) {
+        c->out_len = c->out_off = c->q_len = 0;
+        if (!c->aborting)
+            post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+    } else {
+        c->out_off += (size_t)r;
+        if (c->out_off < c->out_len && !c->aborting) {
+            l->stats[ST_SHORT_SENDS]++;
+            submit_send(l, c);
+        } else if (c->q_len && !c->aborting) {
+            char *t = c->out; /* the queue becomes the in-flight buffer */
+            size_t tc = c->out_cap;
+            c->out = c->q;
+            c->out_cap = c->q_cap;
+            c->out_len = c->q_len;
+            c->out_off = 0;
+            c->q = t;
+            c->q_cap = tc;
+            c->q_len = 0;
+            submit_send(l, c);
+        } else {
+            c->out_len = c->out_off = 0;
+            if (c->shut_wr && !c->closing)
+                shutdown(c->fd, SHUT_WR);
+        }
+    }
+    if (c->notify_drain && al_conn_pending(c) <= (int64_t)c->low_water) {
+        c->notify_drain = 0;
+        if (!c->closing)
+            post(toks, res, aux, n, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
+    }
+    maybe_finish(l, c, toks, res, aux, n);
+}
+
+static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *toks,
+                    int64_t *res, uint64_t *aux, int *n)
+{
+    int r = cqe->res;
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        c->recv_armed = 0;
+        c->recv_cancelling = 0;
+    }
+    if (r > 0) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        l->recycle[l->nrecycle++] = (uint16_t)bid;
+        if (!c->closing)
+            post(toks, res, aux, n, c->token, AL_EV_DATA, r, (uint64_t)bid * l->bufsize);
+    } else if (r == 0) {
+        c->recv_done = 1;
+        if (!c->closing)
+            post(toks, res, aux, n, c->token, AL_EV_EOF, 0, 0);
+    } else if (r == -ENOBUFS) {
+        l->stats[ST_ENOBUFS]++; /* re-armed below, after the pool is recycled */
+    } else if (r != -ECANCELED) {
+        c->recv_done = 1;
+        if (!c->closing)
+            post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+    }
+    if (maybe_finish(l, c, toks, res, aux, n))
+        return;
+    if (!c->recv_armed && c->recv_want && !c->recv_done && !c->closing)
+        arm_recv(l, c);
+}
+
+/* ---- the wait ---- */
+
+static void recycle_buffers(al_loop *l)
+{
+    for (unsigned i = 0; i < l->nrecycle; i++) {
+        unsigned bid = l->recycle[i];
+        io_uring_buf_ring_add(l->br, l->pool + (size_t)bid * l->bufsize, l->bufsize, bid,
+                              l->mask, (int)i);
+    }
+    if (l->nrecycle)
+        io_uring_buf_ring_advance(l->br, (int)l->nrecycle);
+    l->nrecycle = 0;
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static int enter(al_loop *l, int64_t timeout_ns, int busy_poll)
+{
+    struct io_uring *ring = &l->ring;
+    int ret = 0;
+    if (io_uring_cq_ready(ring) || timeout_ns == 0) {
+        if (io_uring_sq_ready(ring))
+            ret = io_uring_submit(ring);
+    } else if (busy_poll) {
+        if (io_uring_sq_ready(ring))
+            ret = io_uring_submit(ring);
+        /* Spin on the CQ in user space: no syscall until work or the deadline. */
+        int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
+        for (unsigned spins = 0; !io_uring_cq_ready(ring); spins++) {
+            cpu_relax();
+            if ((spins & 255) == 0 && now_ns() >= deadline)
+                break;
+        }
+    } else if (timeout_ns < 0) {
+        ret = io_uring_submit_and_wait(ring, 1);
+    } else {
+        struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000,
+                                       .tv_nsec = timeout_ns % 1000000000};
+        struct io_uring_cqe *cqe;
+        ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    }
+    if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
+        ret = 0;
+    return ret < 0 ? ret : 0;
+}
+
+int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll, uint64_t *toks, int64_t *res,
+            uint64_t *aux, int max)
+{
+    recycle_buffers(l);
+    int ret = enter(l, timeout_ns, busy_poll);
+    if (ret < 0)
+        return ret;
+    struct io_uring *ring = &l->ring;
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    int n = 0;
+    io_uring_for_each_cqe(ring, head, cqe)
+    {
+        if (n > max - 2 || l->nrecycle >= l->nbufs)
+            break; /* each CQE posts at most two events */
+        seen++;
+        uint64_t ud = cqe->user_data;
+        unsigned tag = ud & TAG_MASK;
+        if (tag != TAG_IGNORE && !(cqe->flags & IORING_CQE_F_MORE))
+            l->inflight--;
+        switch (tag) {
+        case TAG_PY:
+            post(toks, res, aux, &n, ud >> 3, AL_EV_OP, cqe->res, cqe->flags);
+            break;
+        case TAG_RECV:
+            on_recv(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe, toks, res, aux, &n);
+            break;
+        case TAG_SEND:
+            on_send(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
+            break;
+        case TAG_WAKE:
+            arm_wake(l);
+            break;
+        default:
+            break;
+        }
+    }
+    io_uring_cq_advance(ring, seen);
+    l->stats[ST_CQES] += seen;
+    return n;
+}
+
+/* ---- py ops ---- */
+
+#define PY_OP(l, sqe)                   \
+    struct io_uring_sqe *sqe = get_sqe(l); \
+    if (!sqe)                           \
+        return -EBUSY
+
+int al_op_poll(al_loop *l, int fd, unsigned mask, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_poll_add(sqe, fd, mask);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_accept_multishot(al_loop *l, int fd, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_accept(al_loop *l, int fd, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_connect(al_loop *l, int fd, const void *addr, unsigned addrlen, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)addr, addrlen);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_recv(al_loop *l, int fd, void *buf, size_t len, int flags, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_recv(sqe, fd, buf, len, flags);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_send(al_loop *l, int fd, const void *buf, size_t len, int flags, uint64_t token)
+{
+    PY_OP(l, sqe);
+    io_uring_prep_send(sqe, fd, buf, len, flags | MSG_NOSIGNAL);
+    set_ud(l, sqe, token << 3);
+    return 0;
+}
+
+int al_op_cancel(al_loop *l, uint64_t token)
+{
+    return cancel_ud(l, token << 3);
+}

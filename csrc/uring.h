@@ -1,0 +1,65 @@
+/* aiolowlat io_uring core: one ring per event loop.
+ *
+ * The core owns the hot path of stream sockets: a multishot recv into a
+ * provided-buffer ring and an ordered send queue per connection. Python sees
+ * only batched events (al_wait fills three parallel arrays), so per event the
+ * only Python work is the protocol callback. Other operations (connect, accept,
+ * poll for add_reader, one-shot recv/send for sock_*) are "py ops": their
+ * completion is handed to Python as is, keyed by a Python token.
+ */
+#ifndef AIOLOWLAT_URING_H
+#define AIOLOWLAT_URING_H
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct al_loop al_loop;
+typedef struct al_conn al_conn;
+
+/* Event kinds, in the low 3 bits of the token Python receives (tok<<3 | kind). */
+enum {
+    AL_EV_OP = 0,     /* py op completed: res = cqe res, aux = cqe flags */
+    AL_EV_DATA = 1,   /* conn bytes: res = length, aux = offset into the pool */
+    AL_EV_EOF = 2,    /* conn peer closed its write side */
+    AL_EV_ERR = 3,    /* conn recv/send failed: res = -errno */
+    AL_EV_DRAIN = 4,  /* conn pending output fell to the low-water mark */
+    AL_EV_CLOSED = 5, /* conn released by the core: Python may close the fd */
+};
+
+/* Setup flags for al_loop_new. */
+enum { AL_SQPOLL = 1, AL_COOP = 2 };
+
+al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int flags, int *err);
+void al_loop_free(al_loop *l);
+int al_loop_ring_fd(al_loop *l);
+unsigned char *al_loop_pool(al_loop *l);
+size_t al_loop_pool_size(al_loop *l);
+int al_loop_wake(al_loop *l);       /* thread-safe: makes a blocked al_wait return */
+int al_loop_inflight(al_loop *l);   /* operations the kernel still owns */
+void al_loop_stats(al_loop *l, uint64_t *out, int n);
+
+/* Submit queued work, wait up to timeout_ns (<0: forever, 0: poll) or spin
+ * in user space when busy_poll, then reap up to max events. Returns the count
+ * or -errno. Buffers handed out by the previous call are recycled first. */
+int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll,
+            uint64_t *toks, int64_t *res, uint64_t *aux, int max);
+
+/* Connections (stream sockets). */
+al_conn *al_conn_new(al_loop *l, int fd, uint64_t token);
+int al_conn_recv_start(al_loop *l, al_conn *c);
+int al_conn_recv_stop(al_loop *l, al_conn *c);
+int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len);
+int64_t al_conn_pending(al_conn *c);
+void al_conn_notify_drain(al_conn *c, size_t low_water);
+int al_conn_shutdown_wr(al_loop *l, al_conn *c);
+int al_conn_close(al_loop *l, al_conn *c, int abort);
+
+/* Py ops: the token comes back as (token<<3 | AL_EV_OP). */
+int al_op_poll(al_loop *l, int fd, unsigned mask, uint64_t token);
+int al_op_accept_multishot(al_loop *l, int fd, uint64_t token);
+int al_op_accept(al_loop *l, int fd, uint64_t token);
+int al_op_connect(al_loop *l, int fd, const void *addr, unsigned addrlen, uint64_t token);
+int al_op_recv(al_loop *l, int fd, void *buf, size_t len, int flags, uint64_t token);
+int al_op_send(al_loop *l, int fd, const void *buf, size_t len, int flags, uint64_t token);
+int al_op_cancel(al_loop *l, uint64_t token);
+
+#endif
