@@ -27,9 +27,3 @@ ffibuilder.set_source(
     libraries=["uring"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
 )
-
-if __name__ == "__main__":
-    import os
-
-    os.chdir(ROOT)
-    ffibuilder.compile(tmpdir="build", verbose=True)
