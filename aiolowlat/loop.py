@@ -1,24 +1,235 @@
-"""Placeholder: replaced by the io_uring loop."""
+"""The aiolowlat event loop: asyncio's whole API, with its I/O on io_uring.
+
+The loop is asyncio's Unix loop (so TLS, subprocesses, signals, pipes, happy
+eyeballs and every public method behave exactly as asyncio's) with the engine
+swapped: the selector is an io_uring (_ring.Ring), stream sockets use the C
+core's multishot recv and ordered sends (_stream), servers accept by multishot
+accept, and sock_recv / sock_recv_into / sock_sendall / sock_connect /
+sock_accept are io_uring operations. add_reader / add_writer and the remaining
+socket calls are served by io_uring poll requests.
+"""
+
+from __future__ import annotations
+
 import asyncio
+import errno
+import os
+import socket
+import struct
+from asyncio import base_events, constants
+
+from ._native import ffi, lib
+from ._ring import CQE_F_MORE, Ring
+from ._stream import UringStreamTransport
+
+_ECANCELED = errno.ECANCELED
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _sockaddr(family: int, address) -> bytes:
+    """The C sockaddr for a resolved Python address (what the connect op needs)."""
+    if family == socket.AF_INET:
+        host, port = address[:2]
+        return struct.pack("=H", family) + struct.pack("!H", port) \
+            + socket.inet_pton(family, host) + bytes(8)
+    if family == socket.AF_INET6:
+        host, port = address[:2]
+        flowinfo, scope_id = (address[2:4] + (0, 0))[:2]
+        host = host.split("%", 1)[0]
+        return struct.pack("=H", family) + struct.pack("!HI", port, flowinfo) \
+            + socket.inet_pton(family, host) + struct.pack("=I", scope_id)
+    if family == socket.AF_UNIX:
+        path = os.fsencode(address)
+        return struct.pack("=H", family) + path + (b"" if path[:1] == b"\0" else b"\0")
+    raise ValueError(f"unsupported address family {family!r}")
+
+
+def _oserror(res: int, what: str = "") -> OSError:
+    # OSError(errno, ...) picks the subclass (ConnectionRefusedError, ...) as asyncio's does.
+    return OSError(-res, f"{what}{os.strerror(-res)}" if what else os.strerror(-res))
 
 
 class Loop(asyncio.SelectorEventLoop):
-    pass
+    """An asyncio event loop whose I/O runs on io_uring."""
+
+    def __init__(self, *, busy_poll: bool = False, sqpoll: bool = False):
+        ring = Ring(sqpoll=sqpoll)
+        ring.busy_poll = busy_poll
+        self._ring = ring
+        self._accepts = {}  # listening fd -> token of its multishot accept
+        super().__init__(selector=ring)
+        ring.on_error = self.call_exception_handler
+
+    @property
+    def busy_poll(self) -> bool:
+        return self._ring.busy_poll
+
+    def ring_stats(self) -> dict:
+        """Counters of the io_uring core (CQEs, ENOBUFS re-arms, short sends, ...)."""
+        return self._ring.stats()
+
+    # -- wake-ups: call_soon_threadsafe writes the ring's eventfd --
+
+    def _write_to_self(self):
+        try:
+            os.eventfd_write(self._ring.wake_fd, 1)
+        except (OSError, AttributeError):
+            pass  # closed meanwhile: nothing left to wake
+
+    # -- transports --
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return UringStreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        fd = sock.fileno()
+        args = (protocol_factory, sock, sslcontext, server, backlog,
+                ssl_handshake_timeout, ssl_shutdown_timeout)
+
+        def on_accept(res, flags):
+            serving = self._accepts.get(fd) == tok
+            if res >= 0:
+                if not serving:
+                    os.close(res)
+                else:
+                    self._accepted(res, *args)
+            elif -res in _ACCEPT_RESOURCE_ERRORS:
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": _oserror(res), "socket": sock})
+            elif -res != _ECANCELED and serving:
+                self.call_exception_handler({
+                    "message": "io_uring accept failed", "exception": _oserror(res),
+                    "socket": sock})
+            if flags & CQE_F_MORE or not serving:
+                return
+            del self._accepts[fd]
+            if res >= 0:
+                self._start_serving(*args)  # the kernel ended the multishot: re-arm
+            elif -res in _ACCEPT_RESOURCE_ERRORS:
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *args)
+
+        tok = self._ring.submit_op(lib.al_op_accept_multishot, on_accept, fd)
+        self._accepts[fd] = tok
+
+    def _accepted(self, fd, protocol_factory, sock, sslcontext, server, backlog,
+                  ssl_handshake_timeout, ssl_shutdown_timeout):
+        conn = socket.socket(fileno=fd)
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            peer = None
+        self.create_task(self._accept_connection2(
+            protocol_factory, conn, {"peername": peer}, sslcontext, server,
+            ssl_handshake_timeout, ssl_shutdown_timeout))
+
+    def _stop_serving(self, sock):
+        tok = self._accepts.pop(sock.fileno(), None)
+        if tok is not None:
+            self._ring.cancel_op(tok)
+        sock.close()
+
+    # -- sock_* as io_uring operations --
+
+    def _sock_op(self, sock, prep, on_done, *args):
+        """Run one op on ``sock``; ``on_done(fut, res)`` settles the future."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fut = self.create_future()
+
+        def on_cqe(res, flags):
+            if fut.done():
+                if res >= 0 and prep is lib.al_op_accept:
+                    os.close(res)  # accepted after the caller gave up
+                return
+            on_done(fut, res)
+
+        tok = self._ring.submit_op(prep, on_cqe, sock.fileno(), *args)
+        fut.add_done_callback(lambda f: f.cancelled() and self._ring.cancel_op(tok))
+        return fut
+
+    async def sock_recv(self, sock, n):
+        buf = bytearray(n)
+        cbuf = ffi.from_buffer(buf)
+
+        def done(fut, res):
+            fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(bytes(buf[:res]))
+
+        return await self._sock_op(sock, lib.al_op_recv, done, cbuf, n, 0)
+
+    async def sock_recv_into(self, sock, buf):
+        cbuf = ffi.from_buffer(buf, require_writable=True)
+
+        def done(fut, res):
+            fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(res)
+
+        return await self._sock_op(sock, lib.al_op_recv, done, cbuf, len(cbuf), 0)
+
+    async def sock_sendall(self, sock, data):
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            chunk = ffi.from_buffer(view[pos:])
+
+            def done(fut, res, chunk=chunk):  # chunk: kept alive until the kernel is done
+                fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(res)
+
+            pos += await self._sock_op(sock, lib.al_op_send, done, chunk, len(chunk), 0)
+
+    async def sock_connect(self, sock, address):
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        addr = _sockaddr(sock.family, address)
+
+        def done(fut, res, addr=addr):
+            if res < 0:
+                fut.set_exception(_oserror(res, f"Connect call failed {address}: "))
+            else:
+                fut.set_result(None)
+
+        return await self._sock_op(sock, lib.al_op_connect, done, addr, len(addr))
+
+    async def sock_accept(self, sock):
+        def done(fut, res):
+            if res < 0:
+                fut.set_exception(_oserror(res))
+                return
+            conn = socket.socket(fileno=res)
+            try:
+                peer = conn.getpeername()
+            except OSError:
+                peer = None
+            fut.set_result((conn, peer))
+
+        return await self._sock_op(sock, lib.al_op_accept, done)
 
 
-def new_event_loop(*, busy_poll=False):
-    return Loop()
+def new_event_loop(*, busy_poll: bool = False, sqpoll: bool = False) -> Loop:
+    """A new aiolowlat loop; ``busy_poll`` spins on the completion queue instead of sleeping."""
+    return Loop(busy_poll=busy_poll, sqpoll=sqpoll)
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's policy with aiolowlat loops (as uvloop.EventLoopPolicy)."""
+
     def _loop_factory(self):
         return new_event_loop()
 
 
-def install():
+def install() -> None:
+    """Make aiolowlat the loop of every later asyncio.run() / new_event_loop()."""
     asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None, busy_poll=False):
-    with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(busy_poll=busy_poll)) as r:
-        return r.run(main)
+def run(main, *, debug=None, busy_poll: bool = False, sqpoll: bool = False):
+    """Run a coroutine on a new aiolowlat loop, as asyncio.run() does."""
+    with asyncio.Runner(debug=debug,
+                        loop_factory=lambda: new_event_loop(busy_poll=busy_poll,
+                                                            sqpoll=sqpoll)) as runner:
+        return runner.run(main)

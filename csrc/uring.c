@@ -175,10 +175,7 @@ void al_loop_stats(al_loop *l, uint64_t *out, int n)
         out[i] = l->stats[i];
 }
 
-int al_loop_wake(al_loop *l)
-{
-    return eventfd_write(l->evfd, 1) ? -errno : 0;
-}
+int al_loop_wake_fd(al_loop *l) { return l->evfd; }
 
 /* ---- connections ---- */
 
@@ -191,6 +188,13 @@ al_conn *al_conn_new(al_loop *l, int fd, uint64_t token)
         c->token = token;
     }
     return c;
+}
+
+void al_conn_free(al_conn *c)
+{
+    free(c->out);
+    free(c->q);
+    free(c);
 }
 
 static int arm_recv(al_loop *l, al_conn *c)
@@ -329,9 +333,7 @@ static int maybe_finish(al_loop *l, al_conn *c, uint64_t *toks, int64_t *res, ui
         return 0;
     }
     post(toks, res, aux, n, c->token, AL_EV_CLOSED, 0, 0);
-    free(c->out);
-    free(c->q);
-    free(c);
+    al_conn_free(c);
     return 1;
 }
 
@@ -353,9 +355,7 @@ int al_conn_close(al_loop *l, al_conn *c, int abort)
         cancel_recv(l, c);
         return 0;
     }
-    free(c->out);
-    free(c->q);
-    free(c);
+    al_conn_free(c);
     return 1;
 }
 

@@ -33,7 +33,7 @@ void al_loop_free(al_loop *l);
 int al_loop_ring_fd(al_loop *l);
 unsigned char *al_loop_pool(al_loop *l);
 size_t al_loop_pool_size(al_loop *l);
-int al_loop_wake(al_loop *l);       /* thread-safe: makes a blocked al_wait return */
+int al_loop_wake_fd(al_loop *l);    /* eventfd: a write from any thread ends a wait */
 int al_loop_inflight(al_loop *l);   /* operations the kernel still owns */
 void al_loop_stats(al_loop *l, uint64_t *out, int n);
 
@@ -45,6 +45,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll,
 
 /* Connections (stream sockets). */
 al_conn *al_conn_new(al_loop *l, int fd, uint64_t token);
+void al_conn_free(al_conn *c);      /* only after al_loop_free: nothing in flight */
 int al_conn_recv_start(al_loop *l, al_conn *c);
 int al_conn_recv_stop(al_loop *l, al_conn *c);
 int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len);

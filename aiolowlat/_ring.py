@@ -1,0 +1,233 @@
+"""The loop's io_uring: a selectors.BaseSelector whose select() also dispatches completions.
+
+asyncio's loop calls ``select(timeout)`` once per iteration. Here that call submits
+every queued SQE and waits in one io_uring_enter, then hands each completion to
+its owner: stream connections get their bytes straight away (the protocol
+callback is the only Python work per event), one-shot operations call their
+callback, and poll completions (add_reader / add_writer) are returned to the
+loop as selector events, so readers and writers keep asyncio's semantics.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select as _select
+import selectors
+
+from ._native import ffi, lib
+
+EV_OP, EV_DATA, EV_EOF, EV_ERR, EV_DRAIN, EV_CLOSED = range(6)
+CQE_F_MORE = 1 << 1  # IORING_CQE_F_MORE: a multishot op stays armed
+
+_POLL_READ = _select.POLLIN | _select.POLLERR | _select.POLLHUP
+_POLL_WRITE = _select.POLLOUT | _select.POLLERR | _select.POLLHUP
+_MAX_EVENTS = 1024
+_BUSY_SLICE_NS = 1_000_000  # a busy spin returns to Python this often, so signals run
+STAT_NAMES = ("cqes", "enobufs", "recv_arms", "sends", "short_sends", "sq_full")
+
+
+class UringUnavailableError(OSError):
+    """io_uring cannot be used here; the message says what to install or enable."""
+
+
+def _explain(err: int) -> str:
+    if err == errno.ENOSYS:
+        return "the kernel has no io_uring: use Linux 6.1 or newer built with CONFIG_IO_URING=y"
+    if err == errno.EPERM:
+        return (
+            "io_uring is disabled for this process: set `sysctl kernel.io_uring_disabled=0` "
+            "(or 1 and add the user to kernel.io_uring_group), or allow io_uring_setup in "
+            "the container's seccomp profile"
+        )
+    if err == errno.ENOMEM:
+        return "not enough locked memory for the ring: raise `ulimit -l` (RLIMIT_MEMLOCK)"
+    return os.strerror(err)
+
+
+class Ring(selectors.BaseSelector):
+    """One io_uring per loop; also the loop's selector."""
+
+    def __init__(self, *, entries=4096, nbufs=1024, bufsize=16384, sqpoll=False):
+        err = ffi.new("int *")
+        flags = lib.AL_SQPOLL if sqpoll else 0
+        ring = lib.al_loop_new(entries, nbufs, bufsize, flags, err)
+        if ring == ffi.NULL:
+            raise UringUnavailableError(-err[0], f"io_uring set-up failed: {_explain(-err[0])}")
+        self._ring = ring
+        self.wake_fd = lib.al_loop_wake_fd(ring)
+        self.pool = memoryview(ffi.buffer(lib.al_loop_pool(ring), lib.al_loop_pool_size(ring)))
+        self.busy_poll = False
+        self.on_error = None  # the loop's call_exception_handler
+        self._c_arrays = (ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"),
+                          ffi.new(f"uint64_t[{_MAX_EVENTS}]"))
+        toks, res, aux = self._c_arrays
+        self._toks = memoryview(ffi.buffer(toks)).cast("Q")
+        self._res = memoryview(ffi.buffer(res)).cast("q")
+        self._aux = memoryview(ffi.buffer(aux)).cast("Q")
+        self._next_token = 1
+        self.ops = {}     # token -> callback(res, cqe_flags), for py ops
+        self.conns = {}   # token -> stream transport
+        self._keys = {}   # fd -> SelectorKey
+        self._poll_tok = {}  # fd -> token of its armed poll
+        self._ready = []  # selector events gathered during one select()
+
+    # -- plumbing shared by the loop and its transports --
+
+    @property
+    def c(self):
+        if self._ring is None:
+            raise RuntimeError("the event loop's ring is closed")
+        return self._ring
+
+    def new_token(self) -> int:
+        tok = self._next_token
+        self._next_token = tok + 1
+        return tok
+
+    def submit_op(self, prep, callback, *args) -> int:
+        """Queue one py op: ``prep(ring, *args, token)``; callback(res, flags) on completion."""
+        tok = self.new_token()
+        ret = prep(self.c, *args, tok)
+        if ret < 0:
+            raise OSError(-ret, os.strerror(-ret))
+        self.ops[tok] = callback
+        return tok
+
+    def cancel_op(self, tok: int) -> None:
+        if self._ring is not None and tok in self.ops:
+            lib.al_op_cancel(self._ring, tok)
+
+    def inflight(self) -> int:
+        return lib.al_loop_inflight(self.c)
+
+    def stats(self) -> dict:
+        out = ffi.new(f"uint64_t[{len(STAT_NAMES)}]")
+        lib.al_loop_stats(self.c, out, len(STAT_NAMES))
+        return dict(zip(STAT_NAMES, out))
+
+    # -- selectors.BaseSelector, served by one-shot poll ops --
+
+    def register(self, fileobj, events, data=None):
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        key = selectors.SelectorKey(fileobj, self._fileobj_lookup(fileobj), events, data)
+        if key.fd in self._keys:
+            raise KeyError(f"{fileobj!r} (FD {key.fd}) is already registered")
+        self._keys[key.fd] = key
+        self._arm_poll(key)
+        return key
+
+    def unregister(self, fileobj):
+        fd = self._fileobj_lookup(fileobj)
+        key = self._keys.pop(fd)
+        self._disarm_poll(fd)
+        return key
+
+    def modify(self, fileobj, events, data=None):
+        fd = self._fileobj_lookup(fileobj)
+        key = self._keys.get(fd)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        if events == key.events:
+            key = key._replace(data=data)
+            self._keys[fd] = key
+            return key
+        self.unregister(fileobj)
+        return self.register(fileobj, events, data)
+
+    def get_map(self):
+        return self._keys
+
+    def _fileobj_lookup(self, fileobj):
+        return selectors._fileobj_to_fd(fileobj)
+
+    def _arm_poll(self, key):
+        mask = (_POLL_READ if key.events & selectors.EVENT_READ else 0) | (
+            _POLL_WRITE if key.events & selectors.EVENT_WRITE else 0)
+        fd = key.fd
+
+        def on_poll(res, flags, fd=fd):
+            if self._poll_tok.get(fd) != tok:
+                return  # cancelled or replaced meanwhile
+            del self._poll_tok[fd]
+            key = self._keys.get(fd)
+            if key is None:
+                return
+            if res < 0:
+                res = _POLL_READ | _POLL_WRITE  # EBADF & co.: let the callback see the error
+            events = (selectors.EVENT_READ if res & _POLL_READ else 0) | (
+                selectors.EVENT_WRITE if res & _POLL_WRITE else 0)
+            # Re-arm now; it is submitted with the next wait, after the callback ran,
+            # so a reader that left data behind is called again (level-triggered).
+            self._arm_poll(key)
+            if events & key.events:
+                self._ready.append((key, events & key.events))
+
+        tok = self.submit_op(lib.al_op_poll, on_poll, fd, mask)
+        self._poll_tok[fd] = tok
+
+    def _disarm_poll(self, fd):
+        tok = self._poll_tok.pop(fd, None)
+        if tok is not None:
+            self.cancel_op(tok)
+
+    # -- the wait --
+
+    def select(self, timeout=None):
+        if timeout is None:
+            ns = -1
+        else:
+            ns = max(0, int(timeout * 1e9))
+        busy = self.busy_poll
+        if busy and (ns < 0 or ns > _BUSY_SLICE_NS):
+            ns = _BUSY_SLICE_NS
+        toks, res, aux = self._c_arrays
+        n = lib.al_wait(self.c, ns, busy, toks, res, aux, _MAX_EVENTS)
+        if n < 0:
+            raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
+        if n:
+            self._dispatch(n)
+        ready = self._ready
+        self._ready = []
+        return ready
+
+    def _dispatch(self, n):
+        conns = self.conns
+        ops = self.ops
+        for tok, r, a in zip(self._toks[:n].tolist(), self._res[:n].tolist(),
+                             self._aux[:n].tolist()):
+            kind = tok & 7
+            tok >>= 3
+            try:
+                if kind == EV_DATA:
+                    conns[tok]._on_data(r, a)
+                elif kind == EV_OP:
+                    cb = ops[tok] if a & CQE_F_MORE else ops.pop(tok)
+                    cb(r, a)
+                elif kind == EV_EOF:
+                    conns[tok]._on_eof()
+                elif kind == EV_ERR:
+                    conns[tok]._on_error(r)
+                elif kind == EV_DRAIN:
+                    conns[tok]._on_drain()
+                elif kind == EV_CLOSED:
+                    conns.pop(tok)._on_released()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # one bad callback must not lose the rest of the batch
+                self.on_error({"message": "Exception in io_uring completion handler",
+                               "exception": exc})
+
+    def close(self):
+        ring, self._ring = self._ring, None
+        if ring is None:
+            return
+        self.pool = None
+        lib.al_loop_free(ring)  # the kernel cancels every op still in flight
+        for transport in list(self.conns.values()):
+            transport._on_ring_closed()
+        self.conns.clear()
+        self.ops.clear()
+        self._keys.clear()
+        self._poll_tok.clear()
