@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from asyncio import constants, futures, protocols, transports
 from asyncio.log import logger
 
@@ -69,7 +70,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         state = "closed" if self._sock is None else "closing" if self._closing else "open"
         return f"<UringStreamTransport fd={self._sock_fd} {state}>"
 
-    def __del__(self, _warn=__import__("warnings").warn):
+    def __del__(self, _warn=warnings.warn):
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
