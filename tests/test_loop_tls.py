@@ -154,3 +154,23 @@ def test_loop_start_tls_with_protocols(loop, server_ssl, client_ssl):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_cancelled_tls_handshake(loop, client_ssl):
+    # Cancelled mid-handshake, create_connection must close its socket (the
+    # fixture's fd check catches a leak).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+
+        async def main():
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        asyncio.Protocol,
+                        *silent.getsockname(),
+                        ssl=client_ssl,
+                        server_hostname="localhost",
+                    ),
+                    0.1,
+                )
+
+        run(loop, main())
