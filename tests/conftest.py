@@ -49,9 +49,10 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    # Let fixtures see whether the test body failed (item.failed_call).
+    # Let fixtures see whether the test body raised (item.failed_call), also
+    # when that is an expected (xfail) failure.
     report = yield
-    if report.when == "call" and report.failed:
+    if report.when == "call" and call.excinfo is not None:
         item.failed_call = True
     return report
 
@@ -90,8 +91,8 @@ def loop(request, warmed_up):
     # test's count negative: fewer fds than before is never a leak).
     if getattr(request.node, "failed_call", False):
         return
-    # Transports a test forgot are only released by the GC; collect so that a
-    # leak means a descriptor nothing references any more is still open.
+    # Abandoned transports are closed by the GC (asyncio's in __del__): collect
+    # first, so what is counted are fds nothing references and still open.
     gc.collect()
     leaked = open_fds() - before
     assert leaked <= 0, f"{request.param}: {leaked} file descriptor(s) leaked"
