@@ -68,7 +68,8 @@ class Ring(selectors.BaseSelector):
         self._next_token = 1
         self.ops = {}     # token -> callback(res, cqe_flags), for py ops
         self.conns = {}   # token -> stream transport
-        self._keys = {}   # fd -> SelectorKey
+        self._fd_to_key = {}  # fd -> SelectorKey
+        self._map = selectors._SelectorMapping(self)  # looks up by fd or file object
         self._poll_tok = {}  # fd -> token of its armed poll
         self._ready = []  # selector events gathered during one select()
 
@@ -112,32 +113,32 @@ class Ring(selectors.BaseSelector):
         if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
             raise ValueError(f"Invalid events: {events!r}")
         key = selectors.SelectorKey(fileobj, self._fileobj_lookup(fileobj), events, data)
-        if key.fd in self._keys:
+        if key.fd in self._fd_to_key:
             raise KeyError(f"{fileobj!r} (FD {key.fd}) is already registered")
-        self._keys[key.fd] = key
+        self._fd_to_key[key.fd] = key
         self._arm_poll(key)
         return key
 
     def unregister(self, fileobj):
         fd = self._fileobj_lookup(fileobj)
-        key = self._keys.pop(fd)
+        key = self._fd_to_key.pop(fd)
         self._disarm_poll(fd)
         return key
 
     def modify(self, fileobj, events, data=None):
         fd = self._fileobj_lookup(fileobj)
-        key = self._keys.get(fd)
+        key = self._fd_to_key.get(fd)
         if key is None:
             raise KeyError(f"{fileobj!r} is not registered")
         if events == key.events:
             key = key._replace(data=data)
-            self._keys[fd] = key
+            self._fd_to_key[fd] = key
             return key
         self.unregister(fileobj)
         return self.register(fileobj, events, data)
 
     def get_map(self):
-        return self._keys
+        return self._map
 
     def _fileobj_lookup(self, fileobj):
         return selectors._fileobj_to_fd(fileobj)
@@ -151,7 +152,7 @@ class Ring(selectors.BaseSelector):
             if self._poll_tok.get(fd) != tok:
                 return  # cancelled or replaced meanwhile
             del self._poll_tok[fd]
-            key = self._keys.get(fd)
+            key = self._fd_to_key.get(fd)
             if key is None:
                 return
             if res < 0:
@@ -229,5 +230,5 @@ class Ring(selectors.BaseSelector):
             transport._on_ring_closed()
         self.conns.clear()
         self.ops.clear()
-        self._keys.clear()
+        self._fd_to_key.clear()
         self._poll_tok.clear()

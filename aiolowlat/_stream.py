@@ -121,7 +121,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def _on_data(self, n, off):
         data = self._pool[off:off + n].tobytes()
-        if self._paused:
+        if self._paused or self._stash:  # keep order behind what is stashed
             self._stash.append(data)
             return
         self._deliver(data)
@@ -150,7 +150,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
     def _on_eof(self):
         if self._conn_lost:
             return
-        if self._paused:
+        if self._paused or self._stash:
             self._stash.append(None)
             return
         if self._loop.get_debug():

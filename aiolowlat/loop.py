@@ -117,6 +117,7 @@ class Loop(asyncio.SelectorEventLoop):
     def _accepted(self, fd, protocol_factory, sock, sslcontext, server, backlog,
                   ssl_handshake_timeout, ssl_shutdown_timeout):
         conn = socket.socket(fileno=fd)
+        conn.setblocking(False)  # the fd is O_NONBLOCK; make the object agree
         try:
             peer = conn.getpeername()
         except OSError:
@@ -201,6 +202,7 @@ class Loop(asyncio.SelectorEventLoop):
                 fut.set_exception(_oserror(res))
                 return
             conn = socket.socket(fileno=res)
+            conn.setblocking(False)
             try:
                 peer = conn.getpeername()
             except OSError:
