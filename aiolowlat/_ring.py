@@ -48,16 +48,17 @@ def _explain(err: int) -> str:
 class Ring(selectors.BaseSelector):
     """One io_uring per loop; also the loop's selector."""
 
-    def __init__(self, *, entries=4096, nbufs=1024, bufsize=16384, sqpoll=False):
+    def __init__(self, *, entries=4096, nbufs=1024, bufsize=16384, busy_poll=False,
+                 sqpoll=False):
         err = ffi.new("int *")
-        flags = lib.AL_SQPOLL if sqpoll else 0
+        flags = (lib.AL_SQPOLL if sqpoll else 0) | (lib.AL_BUSY_POLL if busy_poll else 0)
         ring = lib.al_loop_new(entries, nbufs, bufsize, flags, err)
         if ring == ffi.NULL:
             raise UringUnavailableError(-err[0], f"io_uring set-up failed: {_explain(-err[0])}")
         self._ring = ring
         self.wake_fd = lib.al_loop_wake_fd(ring)
         self.pool = memoryview(ffi.buffer(lib.al_loop_pool(ring), lib.al_loop_pool_size(ring)))
-        self.busy_poll = False
+        self.busy_poll = busy_poll
         self.on_error = None  # the loop's call_exception_handler
         self._c_arrays = (ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"),
                           ffi.new(f"uint64_t[{_MAX_EVENTS}]"))
@@ -180,12 +181,14 @@ class Ring(selectors.BaseSelector):
             ns = -1
         else:
             ns = max(0, int(timeout * 1e9))
-        busy = self.busy_poll
-        if busy and (ns < 0 or ns > _BUSY_SLICE_NS):
+        if self.busy_poll and (ns < 0 or ns > _BUSY_SLICE_NS):
             ns = _BUSY_SLICE_NS
         toks, res, aux = self._c_arrays
-        n = lib.al_wait(self.c, ns, busy, toks, res, aux, _MAX_EVENTS)
+        n = lib.al_wait(self.c, ns, toks, res, aux, _MAX_EVENTS)
         if n < 0:
+            if n == -errno.EEXIST:
+                raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
+                                   "(its io_uring has a single issuer)")
             raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
         if n:
             self._dispatch(n)

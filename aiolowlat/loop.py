@@ -53,8 +53,7 @@ class Loop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose I/O runs on io_uring."""
 
     def __init__(self, *, busy_poll: bool = False, sqpoll: bool = False):
-        ring = Ring(sqpoll=sqpoll)
-        ring.busy_poll = busy_poll
+        ring = Ring(busy_poll=busy_poll, sqpoll=sqpoll)
         self._ring = ring
         self._accepts = {}  # listening fd -> token of its multishot accept
         super().__init__(selector=ring)

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +30,8 @@ struct al_loop {
     unsigned nrecycle;
     int evfd;
     uint64_t evbuf;
+    int busy_poll;
+    pid_t owner; /* the thread that enabled the ring; 0 until the first wait */
     int inflight; /* SQEs whose final CQE has not been reaped */
     uint64_t stats[ST_N];
 };
@@ -96,6 +99,55 @@ static int setup_buf_ring(al_loop *l)
     return 0;
 }
 
+/* The ring starts disabled; the thread that first waits enables it and becomes
+ * its only issuer, so a loop may be created in one thread and run in another. */
+static int init_ring(al_loop *l, unsigned entries, int flags)
+{
+    struct io_uring_params p = {0};
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_R_DISABLED | IORING_SETUP_SINGLE_ISSUER;
+    p.cq_entries = entries * 4; /* multishot ops post many CQEs per SQE */
+    l->busy_poll = !!(flags & AL_BUSY_POLL);
+    if (flags & AL_SQPOLL) {
+        p.flags |= IORING_SETUP_SQPOLL;
+        p.sq_thread_idle = 1000;
+    } else if (l->busy_poll) {
+        /* No IPI into the spinning thread: it sees IORING_SQ_TASKRUN and enters. */
+        p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    } else {
+        /* Task work runs inside our own wait: fewer wake-ups, batched completions. */
+        p.flags |= IORING_SETUP_DEFER_TASKRUN;
+    }
+    int ret = io_uring_queue_init_params(entries, &l->ring, &p);
+    if (ret == -EINVAL) { /* kernels before 6.1: plain ring */
+        p.flags &= ~(IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+                     IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+        ret = io_uring_queue_init_params(entries, &l->ring, &p);
+    }
+    return ret;
+}
+
+static pid_t current_tid(void)
+{
+    static __thread pid_t tid;
+    if (!tid)
+        tid = (pid_t)syscall(SYS_gettid);
+    return tid;
+}
+
+/* First wait: enable the ring for this thread and register its fd with it
+ * (saves an fd lookup per io_uring_enter). */
+static int claim_ring(al_loop *l)
+{
+    if (l->owner)
+        return l->owner == current_tid() ? 0 : -EEXIST;
+    /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
+    if (syscall(__NR_io_uring_register, l->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0))
+        return -errno;
+    l->owner = current_tid();
+    io_uring_register_ring_fd(&l->ring); /* an optimisation: failure is fine */
+    return 0;
+}
+
 al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int flags, int *err)
 {
     al_loop *l = calloc(1, sizeof *l);
@@ -109,16 +161,7 @@ al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int fla
         free(l);
         return NULL;
     }
-    struct io_uring_params p = {0};
-    if (flags & AL_SQPOLL) {
-        p.flags |= IORING_SETUP_SQPOLL;
-        p.sq_thread_idle = 1000;
-    }
-    if (flags & AL_COOP)
-        p.flags |= IORING_SETUP_COOP_TASKRUN;
-    p.flags |= IORING_SETUP_CQSIZE;
-    p.cq_entries = entries * 4; /* multishot ops post many CQEs per SQE */
-    int ret = io_uring_queue_init_params(entries, &l->ring, &p);
+    int ret = init_ring(l, entries, flags);
     if (ret) {
         *err = ret;
         free(l);
@@ -458,22 +501,36 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static int enter(al_loop *l, int64_t timeout_ns, int busy_poll)
+/* Submit and wait once. Returns 0 (completions may be there), 1 (the deadline
+ * passed or a signal arrived: return to Python) or -errno. */
+static int taskrun_pending(struct io_uring *ring)
+{
+    return IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN;
+}
+
+static int enter(al_loop *l, int64_t timeout_ns)
 {
     struct io_uring *ring = &l->ring;
     int ret = 0;
-    if (io_uring_cq_ready(ring) || timeout_ns == 0) {
+    if (io_uring_cq_ready(ring)) {
         if (io_uring_sq_ready(ring))
             ret = io_uring_submit(ring);
-    } else if (busy_poll) {
+    } else if (timeout_ns == 0) {
+        ret = io_uring_submit_and_get_events(ring); /* runs deferred task work */
+    } else if (l->busy_poll) {
         if (io_uring_sq_ready(ring))
             ret = io_uring_submit(ring);
-        /* Spin on the CQ in user space: no syscall until work or the deadline. */
+        /* Spin on the CQ in user space: a syscall only when the kernel has
+         * task work for us (IORING_SQ_TASKRUN), none while idle. */
         int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
-        for (unsigned spins = 0; !io_uring_cq_ready(ring); spins++) {
+        for (unsigned spins = 1; !io_uring_cq_ready(ring); spins++) {
+            if (taskrun_pending(ring)) {
+                io_uring_get_events(ring);
+                continue;
+            }
             cpu_relax();
             if ((spins & 255) == 0 && now_ns() >= deadline)
-                break;
+                return 1;
         }
     } else if (timeout_ns < 0) {
         ret = io_uring_submit_and_wait(ring, 1);
@@ -483,18 +540,17 @@ static int enter(al_loop *l, int64_t timeout_ns, int busy_poll)
         struct io_uring_cqe *cqe;
         ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
     }
-    if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
-        ret = 0;
+    if (ret == -ETIME || ret == -EINTR)
+        return 1;
+    if (ret == -EAGAIN || ret == -EBUSY)
+        return 0; /* CQ overflow pressure: reap, then try again */
     return ret < 0 ? ret : 0;
 }
 
-int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll, uint64_t *toks, int64_t *res,
-            uint64_t *aux, int max)
+/* Turn CQEs into events for Python; internal completions (full sends, re-arms)
+ * end here. Sets *woken when the eventfd fired. */
+static int reap(al_loop *l, uint64_t *toks, int64_t *res, uint64_t *aux, int max, int *woken)
 {
-    recycle_buffers(l);
-    int ret = enter(l, timeout_ns, busy_poll);
-    if (ret < 0)
-        return ret;
     struct io_uring *ring = &l->ring;
     struct io_uring_cqe *cqe;
     unsigned head, seen = 0;
@@ -519,6 +575,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll, uint64_t *toks, int64
             on_send(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
             break;
         case TAG_WAKE:
+            *woken = 1;
             arm_wake(l);
             break;
         default:
@@ -528,6 +585,32 @@ int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll, uint64_t *toks, int64
     io_uring_cq_advance(ring, seen);
     l->stats[ST_CQES] += seen;
     return n;
+}
+
+int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux, int max)
+{
+    int claimed = claim_ring(l);
+    if (claimed)
+        return claimed;
+    int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+    for (;;) {
+        /* Python is done with the bytes it was handed (or none were handed). */
+        recycle_buffers(l);
+        int stop = enter(l, timeout_ns);
+        if (stop < 0)
+            return stop;
+        int woken = 0;
+        int n = reap(l, toks, res, aux, max, &woken);
+        if (n || woken || stop || timeout_ns == 0)
+            return n;
+        /* Only internal completions (a send that went out in full): keep waiting
+         * here rather than costing Python a loop iteration. */
+        if (timeout_ns > 0) {
+            timeout_ns = deadline - now_ns();
+            if (timeout_ns <= 0)
+                return 0;
+        }
+    }
 }
 
 /* ---- py ops ---- */

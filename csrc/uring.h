@@ -25,8 +25,10 @@ enum {
     AL_EV_CLOSED = 5, /* conn released by the core: Python may close the fd */
 };
 
-/* Setup flags for al_loop_new. */
-enum { AL_SQPOLL = 1, AL_COOP = 2 };
+/* Setup flags for al_loop_new. The default ring defers task work to the
+ * loop's own wait (DEFER_TASKRUN, one issuer thread); AL_BUSY_POLL makes
+ * completions visible to a user-space spin instead. */
+enum { AL_SQPOLL = 1, AL_BUSY_POLL = 2 };
 
 al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int flags, int *err);
 void al_loop_free(al_loop *l);
@@ -37,11 +39,12 @@ int al_loop_wake_fd(al_loop *l);    /* eventfd: a write from any thread ends a w
 int al_loop_inflight(al_loop *l);   /* operations the kernel still owns */
 void al_loop_stats(al_loop *l, uint64_t *out, int n);
 
-/* Submit queued work, wait up to timeout_ns (<0: forever, 0: poll) or spin
- * in user space when busy_poll, then reap up to max events. Returns the count
- * or -errno. Buffers handed out by the previous call are recycled first. */
-int al_wait(al_loop *l, int64_t timeout_ns, int busy_poll,
-            uint64_t *toks, int64_t *res, uint64_t *aux, int max);
+/* Submit queued work, wait up to timeout_ns (<0: forever, 0: poll) -- or
+ * spin in user space on a AL_BUSY_POLL ring -- then reap up to max events.
+ * Returns the count or -errno (-EEXIST: called from another thread than the
+ * one that first waited). Buffers handed out by the previous call are recycled
+ * first. */
+int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux, int max);
 
 /* Connections (stream sockets). */
 al_conn *al_conn_new(al_loop *l, int fd, uint64_t token);
