@@ -199,8 +199,11 @@ class Ring(selectors.BaseSelector):
     def _dispatch(self, n):
         conns = self.conns
         ops = self.ops
-        for tok, r, a in zip(self._toks[:n].tolist(), self._res[:n].tolist(),
-                             self._aux[:n].tolist()):
+        if n == 1:  # the latency case: skip building lists
+            batch = ((self._toks[0], self._res[0], self._aux[0]),)
+        else:
+            batch = zip(self._toks[:n].tolist(), self._res[:n].tolist(), self._aux[:n].tolist())
+        for tok, r, a in batch:
             kind = tok & 7
             tok >>= 3
             try:

@@ -15,6 +15,8 @@ from asyncio.log import logger
 
 from ._native import ffi, lib
 
+_conn_send = lib.al_conn_send
+
 
 def _set_nodelay(sock):
     if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
@@ -44,7 +46,8 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._ring = ring = loop._ring
         self._pool = ring.pool
         self._token = ring.new_token()
-        self._conn = lib.al_conn_new(ring.c, self._sock_fd, self._token)
+        self._c = ring.c  # valid while self._conn is: the ring frees conns before itself
+        self._conn = lib.al_conn_new(self._c, self._sock_fd, self._token)
         if self._conn == ffi.NULL:
             raise MemoryError("al_conn_new")
         ring.conns[self._token] = self
@@ -92,7 +95,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def _start_reading(self):
         if not self._closing and not self._paused and self._conn is not None:
-            lib.al_conn_recv_start(self._ring.c, self._conn)
+            lib.al_conn_recv_start(self._c, self._conn)
 
     def is_reading(self):
         return not self._closing and not self._paused
@@ -101,7 +104,8 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        lib.al_conn_recv_stop(self._ring.c, self._conn)
+        if self._conn is not None:
+            lib.al_conn_recv_stop(self._c, self._conn)
 
     def resume_reading(self):
         if self._closing or not self._paused:
@@ -123,8 +127,15 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         data = self._pool[off:off + n].tobytes()
         if self._paused or self._stash:  # keep order behind what is stashed
             self._stash.append(data)
-            return
-        self._deliver(data)
+        elif self._buffered:
+            self._deliver(data)
+        else:  # the hot path: one Python call per event, the protocol's
+            try:
+                self._protocol.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _deliver(self, data):
         try:
@@ -188,7 +199,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        pending = lib.al_conn_send(self._ring.c, self._conn, data, len(data))
+        pending = _conn_send(self._c, self._conn, data, len(data))
         if pending < 0:
             self._fatal_error(OSError(-pending, os.strerror(-pending)),
                               "Fatal write error on socket transport")
@@ -210,7 +221,8 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._eof:
             return
         self._eof = True
-        lib.al_conn_shutdown_wr(self._ring.c, self._conn)
+        if self._conn is not None:
+            lib.al_conn_shutdown_wr(self._c, self._conn)
 
     def can_write_eof(self):
         return True
@@ -248,7 +260,8 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         conn = self._conn
         if conn is None:
             return
-        if lib.al_conn_close(self._ring.c, conn, abort):
+        if lib.al_conn_close(self._c, conn, abort):
+            self._conn = None  # freed by the core: never pass it to C again
             self._ring.conns.pop(self._token, None)
             self._on_released()
 

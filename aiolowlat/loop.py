@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import os
 import socket
 import struct
@@ -66,6 +67,71 @@ class Loop(asyncio.SelectorEventLoop):
     def ring_stats(self) -> dict:
         """Counters of the io_uring core (CQEs, ENOBUFS re-arms, short sends, ...)."""
         return self._ring.stats()
+
+    def _run_once(self):
+        """asyncio's iteration, trimmed: each step is skipped when it has nothing to do."""
+        scheduled = self._scheduled
+        if scheduled:
+            self._drop_cancelled_timers()
+        if self._ready or self._stopping:
+            timeout = 0
+        elif scheduled:
+            timeout = min(max(0, scheduled[0]._when - self.time()),
+                          base_events.MAXIMUM_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        event_list = self._ring.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+        ready = self._ready
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled and scheduled[0]._when < end_time:
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        if self._debug:
+            return self._run_ready_debug(len(ready))
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def _drop_cancelled_timers(self):
+        scheduled = self._scheduled
+        if (len(scheduled) > base_events._MIN_SCHEDULED_TIMER_HANDLES and
+                self._timer_cancelled_count / len(scheduled) >
+                base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION):
+            live = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    live.append(handle)
+            heapq.heapify(live)
+            scheduled[:] = live  # in place: _run_once holds this list object
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+
+    def _run_ready_debug(self, ntodo):
+        """Debug mode: time each callback and warn about slow ones, as asyncio does."""
+        for _ in range(ntodo):
+            handle = self._ready.popleft()
+            if handle._cancelled:
+                continue
+            try:
+                self._current_handle = handle
+                t0 = self.time()
+                handle._run()
+                dt = self.time() - t0
+                if dt >= self.slow_callback_duration:
+                    base_events.logger.warning("Executing %s took %.3f seconds",
+                                               base_events._format_handle(handle), dt)
+            finally:
+                self._current_handle = None
 
     # -- wake-ups: call_soon_threadsafe writes the ring's eventfd --
 
