@@ -50,6 +50,10 @@ class Ring(selectors.BaseSelector):
 
     def __init__(self, *, entries=4096, nbufs=1024, bufsize=16384, busy_poll=False,
                  sqpoll=False):
+        if nbufs < 1 or nbufs > 32768 or nbufs & (nbufs - 1):
+            raise ValueError(f"recv_buffers must be a power of two up to 32768, not {nbufs}")
+        if bufsize < 64 or entries < 8:
+            raise ValueError("recv_buffer_size must be >= 64 and ring_entries >= 8")
         err = ffi.new("int *")
         flags = (lib.AL_SQPOLL if sqpoll else 0) | (lib.AL_BUSY_POLL if busy_poll else 0)
         ring = lib.al_loop_new(entries, nbufs, bufsize, flags, err)

@@ -53,8 +53,12 @@ def _oserror(res: int, what: str = "") -> OSError:
 class Loop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose I/O runs on io_uring."""
 
-    def __init__(self, *, busy_poll: bool = False, sqpoll: bool = False):
-        ring = Ring(busy_poll=busy_poll, sqpoll=sqpoll)
+    def __init__(self, *, busy_poll: bool = False, sqpoll: bool = False,
+                 ring_entries: int = 4096, recv_buffers: int = 1024,
+                 recv_buffer_size: int = 16384):
+        self._closed = True  # until set up: a loop whose ring failed is not "unclosed"
+        ring = Ring(entries=ring_entries, nbufs=recv_buffers, bufsize=recv_buffer_size,
+                    busy_poll=busy_poll, sqpoll=sqpoll)
         self._ring = ring
         self._accepts = {}  # listening fd -> token of its multishot accept
         super().__init__(selector=ring)
@@ -277,9 +281,13 @@ class Loop(asyncio.SelectorEventLoop):
         return await self._sock_op(sock, lib.al_op_accept, done)
 
 
-def new_event_loop(*, busy_poll: bool = False, sqpoll: bool = False) -> Loop:
-    """A new aiolowlat loop; ``busy_poll`` spins on the completion queue instead of sleeping."""
-    return Loop(busy_poll=busy_poll, sqpoll=sqpoll)
+def new_event_loop(*, busy_poll: bool = False, sqpoll: bool = False, **ring_options) -> Loop:
+    """A new aiolowlat loop; ``busy_poll`` spins on the completion queue instead of sleeping.
+
+    ``ring_options``: ring_entries (SQ size), recv_buffers (a power of two) and
+    recv_buffer_size, the provided-buffer pool shared by all stream receives.
+    """
+    return Loop(busy_poll=busy_poll, sqpoll=sqpoll, **ring_options)
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
