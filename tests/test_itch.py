@@ -145,7 +145,7 @@ def test_itch_error_is_a_value_error():
     assert issubclass(ItchError, ValueError)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.sampled_from(sorted(SPEC_SIZES)), st.binary(max_size=60))
 def test_random_bodies_never_raise_from_the_decoder(kind, body):
     decoder = ItchDecoder()
@@ -156,7 +156,7 @@ def test_random_bodies_never_raise_from_the_decoder(kind, body):
         assert encode_message(result) == (kind.encode() + body)[: SPEC_SIZES[kind]]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.binary(max_size=60))
 def test_random_bytes_never_raise_from_the_decoder(data):
     decoder = ItchDecoder()

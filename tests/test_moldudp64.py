@@ -116,7 +116,7 @@ def test_mold_error_is_a_value_error():
     assert issubclass(MoldError, ValueError)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_only_ever_raise_mold_error(data):
     try:
@@ -129,7 +129,7 @@ def test_random_bytes_only_ever_raise_mold_error(data):
         pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     st.integers(0, 2**63),
     st.lists(st.binary(max_size=40), max_size=20),
@@ -143,7 +143,7 @@ def test_round_trip_property(sequence, messages, session):
     assert [bytes(m) for m in packet.messages] == messages
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.binary(min_size=HEADER_SIZE, max_size=120), st.integers(0, 119))
 def test_truncated_valid_packets_raise_mold_error(tail, cut):
     data = encode_packet(SESSION, 5, [tail[:7], tail[7:]])

@@ -344,9 +344,11 @@ class Sequencer:
                 self.gaps += 1
             if self._requested_at is None:
                 waited = now - self._gap_since
-                if waited >= self._reorder_window or len(self._buffer) >= self._capacity:
+                if waited >= self._reorder_window or self._buffer_full():
                     self._request_holes(now)
                 return
+            if self._buffer_full() and self._high > self._requested_through:
+                self._request_range(self._requested_through, self._high)  # cannot wait
             if now - self._requested_at < self._retransmit_timeout:
                 return
             if self._attempts < self._max_attempts:
@@ -354,28 +356,34 @@ class Sequencer:
                 return
             self._skip_head_hole()
 
+    def _buffer_full(self):
+        return len(self._buffer) >= self._capacity
+
     def _request_holes(self, now):
-        """Ask for every missing range in the next max_request_span sequences."""
-        stop = min(self._high, self._expected + self._max_span)
-        start = self._expected
+        """Start or repeat a retransmission round for the holes from the next sequence."""
+        self._request_range(self._expected, self._high)
+        self._attempts += 1
+        self._requested_at = now
+        if self._state is FeedState.LIVE:
+            self._set_state(FeedState.RECOVERING)
+
+    def _request_range(self, start, high):
+        """Ask for every missing range in [start, high), at most max_request_span of it."""
+        stop = min(high, start + self._max_span)
         holes = []
-        for sequence in sorted(s for s in self._buffer if s < stop):
+        for sequence in sorted(s for s in self._buffer if start <= s < stop):
             if sequence > start:
                 holes.append((start, sequence))
             start = sequence + 1
         if start < stop:
             holes.append((start, stop))
-        for start, stop_ in holes:
-            for chunk in range(start, stop_, MAX_MESSAGES_PER_PACKET):
-                count = min(MAX_MESSAGES_PER_PACKET, stop_ - chunk)
+        for first, end in holes:
+            for chunk in range(first, end, MAX_MESSAGES_PER_PACKET):
+                count = min(MAX_MESSAGES_PER_PACKET, end - chunk)
                 data = encode_request(self._session, chunk, count)
                 self._events.append(RetransmitRequest(chunk, count, data))
                 self.requested += count
-        self._attempts += 1
-        self._requested_at = now
         self._requested_through = max(self._requested_through, stop)
-        if self._state is FeedState.LIVE:
-            self._set_state(FeedState.RECOVERING)
 
     def _skip_head_hole(self):
         end = min(self._buffer) if self._buffer else self._high
