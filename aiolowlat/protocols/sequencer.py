@@ -223,7 +223,7 @@ class Sequencer:
         return self._events.popleft() if self._events else None
 
     def receive(self, data: bytes | memoryview, now: float, line: Hashable = "A") -> None:
-        """Feed one datagram received on ``line`` at time ``now``."""
+        """Feed one datagram received on ``line`` (one of ``lines``) at time ``now``."""
         stats = self.lines[line]
         stats.packets += 1
         packet = self._decode(data, now)
@@ -301,8 +301,6 @@ class Sequencer:
             if sequence < self._expected or sequence in buffer:
                 self.duplicates += 1
                 continue
-            if stats is not None:
-                stats.first_arrivals += 1
             if sequence == self._expected:
                 self._events.append(Message(sequence, payload))
                 self.delivered += 1
@@ -313,6 +311,9 @@ class Sequencer:
                 self.reordered += 1
             else:
                 self.overflow += 1  # re-requested with the hole it leaves
+                continue
+            if stats is not None:
+                stats.first_arrivals += 1
 
     def _drain(self):
         buffer = self._buffer
