@@ -198,6 +198,17 @@ def test_end_to_end_impaired_ab_lines_rebuild_the_lossless_book(seed):
     assert sequencer.state is FeedState.STALE  # silence after the session ended
 
 
+def test_end_to_end_with_a_tiny_reorder_buffer_loses_nothing():
+    feed = ItchFeed(seed=4, events=2000, heartbeat_every=20)
+    impairment = LineImpairment(loss=0.2, reorder=0.1, duplicate=0.05)
+    lines = [feed.line("A", impairment)[0], feed.line("B", impairment)[0]]
+    sequencer, builder, _ = run_feed(
+        feed, lines, reorder_window=60e-6, retransmit_timeout=500e-6, reorder_capacity=8
+    )
+    assert sequencer.overflow > 0 and sequencer.unrecoverable == 0
+    assert builder.snapshot() == reference_book(feed.messages).snapshot()
+
+
 def test_end_to_end_without_answers_reports_every_lost_range():
     feed = ItchFeed(seed=8, events=1000)
     impairment = LineImpairment(loss=0.2)

@@ -310,7 +310,9 @@ class Sequencer:
                 buffer[sequence] = bytes(payload)
                 self.reordered += 1
             else:
-                self.overflow += 1  # re-requested with the hole it leaves
+                # Re-requested as a hole of its own once the head gap fills and frees room;
+                # asking now would only have the answer overflow again.
+                self.overflow += 1
                 continue
             if stats is not None:
                 stats.first_arrivals += 1
@@ -348,8 +350,6 @@ class Sequencer:
                 if waited >= self._reorder_window or self._buffer_full():
                     self._request_holes(now)
                 return
-            if self._buffer_full() and self._high > self._requested_through:
-                self._request_range(self._requested_through, self._high)  # cannot wait
             if now - self._requested_at < self._retransmit_timeout:
                 return
             if self._attempts < self._max_attempts:
