@@ -17,14 +17,15 @@ import selectors
 
 from ._native import ffi, lib
 
-EV_OP, EV_DATA, EV_EOF, EV_ERR, EV_DRAIN, EV_CLOSED = range(6)
+EV_OP, EV_DATA, EV_EOF, EV_ERR, EV_DRAIN, EV_CLOSED, EV_DGRAM = range(7)
 CQE_F_MORE = 1 << 1  # IORING_CQE_F_MORE: a multishot op stays armed
 
 _POLL_READ = _select.POLLIN | _select.POLLERR | _select.POLLHUP
 _POLL_WRITE = _select.POLLOUT | _select.POLLERR | _select.POLLHUP
 _MAX_EVENTS = 1024
 _BUSY_SLICE_NS = 1_000_000  # a busy spin returns to Python this often, so signals run
-STAT_NAMES = ("cqes", "enobufs", "recv_arms", "sends", "short_sends", "sq_full")
+STAT_NAMES = ("cqes", "enobufs", "recv_arms", "sends", "short_sends", "sq_full",
+              "dgram_truncated", "dgram_bad")
 
 
 class UringUnavailableError(OSError):
@@ -213,6 +214,8 @@ class Ring(selectors.BaseSelector):
             try:
                 if kind == EV_DATA:
                     conns[tok]._on_data(r, a)
+                elif kind == EV_DGRAM:
+                    conns[tok]._on_dgram(r, a)
                 elif kind == EV_OP:
                     cb = ops[tok] if a & CQE_F_MORE else ops.pop(tok)
                     cb(r, a)

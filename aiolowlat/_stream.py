@@ -1,4 +1,4 @@
-"""Stream socket transport (TCP, Unix) on the io_uring core.
+"""Transports on the io_uring core: the shared base and the stream transport (TCP, Unix).
 
 Bytes arrive by a multishot recv into the loop's provided buffers; writes are
 copied into the C core's per-connection queue and sent in order, submitted with
@@ -24,10 +24,11 @@ def _set_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+class UringTransport(transports._FlowControlMixin):
+    """What stream and datagram transports share: the C conn, reading, closing."""
+
     _sock = None
+    _new_conn = lib.al_conn_new
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
@@ -47,20 +48,18 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._pool = ring.pool
         self._token = ring.new_token()
         self._c = ring.c  # valid while self._conn is: the ring frees conns before itself
-        self._conn = lib.al_conn_new(self._c, self._sock_fd, self._token)
+        self._conn = type(self)._new_conn(self._c, self._sock_fd, self._token)
         if self._conn == ffi.NULL:
-            raise MemoryError("al_conn_new")
+            raise MemoryError("no memory for an io_uring connection")
         ring.conns[self._token] = self
         self._server = server
         self._closing = False      # close() or abort() called
         self._paused = False       # pause_reading() in effect
-        self._eof = False          # write_eof() called
         self._conn_lost = 0        # connection_lost scheduled
         self._lost_exc = None
         self._stash = []           # bytes that arrived after pause_reading()
         self._protocol_connected = False
         self.set_protocol(protocol)
-        _set_nodelay(sock)
         if server is not None:
             server._attach()
         loop._transports[self._sock_fd] = self
@@ -71,7 +70,7 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def __repr__(self):
         state = "closed" if self._sock is None else "closing" if self._closing else "open"
-        return f"<UringStreamTransport fd={self._sock_fd} {state}>"
+        return f"<{type(self).__name__} fd={self._sock_fd} {state}>"
 
     def __del__(self, _warn=warnings.warn):
         if self._sock is not None:
@@ -82,7 +81,6 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def set_protocol(self, protocol):
         self._protocol = protocol
-        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol_connected = True
 
     def get_protocol(self):
@@ -116,12 +114,98 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
     def _drain_stash(self):
         """Deliver, in order, what raced with pause_reading(); then read again."""
         while self._stash and not self._paused and not self._conn_lost:
-            item = self._stash.pop(0)
-            if item is None:
-                self._on_eof()
-            else:
-                self._deliver(item)
+            self._deliver_stashed(self._stash.pop(0))
         self._start_reading()
+
+    def _on_drain(self):
+        self._maybe_resume_protocol()
+
+    def get_write_buffer_size(self):
+        return 0 if self._conn is None else lib.al_conn_pending(self._conn)
+
+    # -- closing --
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._release(abort=False)
+
+    def abort(self):
+        self._force_close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc,
+                "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._lost_exc = exc
+        self._release(abort=True)
+
+    def _release(self, abort):
+        """Ask the core to let go of the socket; connection_lost follows its release."""
+        conn = self._conn
+        if conn is None:
+            return
+        if lib.al_conn_close(self._c, conn, abort):
+            self._conn = None  # freed by the core: never pass it to C again
+            self._ring.conns.pop(self._token, None)
+            self._on_released()
+
+    def _on_released(self):
+        self._conn = None
+        if not self._conn_lost:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, self._lost_exc)
+
+    def _on_ring_closed(self):
+        """The loop closed under us: free the C state; the socket stays the user's."""
+        if self._conn is not None:
+            lib.al_conn_free(self._conn)
+            self._conn = None
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop._transports.pop(self._sock_fd, None)
+            self._loop = None
+            server, self._server = self._server, None
+            if server is not None:
+                server._detach()
+
+
+class UringStreamTransport(UringTransport, transports.Transport):
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(loop, sock, protocol, waiter, extra, server)
+        self._eof = False  # write_eof() called
+        _set_nodelay(sock)
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+
+    def _deliver_stashed(self, item):
+        if item is None:
+            self._on_eof()
+        else:
+            self._deliver(item)
 
     def _on_data(self, n, off):
         data = self._pool[off:off + n].tobytes()
@@ -211,12 +295,6 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
     def writelines(self, list_of_data):
         self.write(b"".join(list_of_data))
 
-    def _on_drain(self):
-        self._maybe_resume_protocol()
-
-    def get_write_buffer_size(self):
-        return 0 if self._conn is None else lib.al_conn_pending(self._conn)
-
     def write_eof(self):
         if self._closing or self._eof:
             return
@@ -226,67 +304,3 @@ class UringStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def can_write_eof(self):
         return True
-
-    # -- closing --
-
-    def close(self):
-        if self._closing:
-            return
-        self._closing = True
-        self._release(abort=False)
-
-    def abort(self):
-        self._force_close(None)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message, "exception": exc,
-                "transport": self, "protocol": self._protocol})
-        self._force_close(exc)
-
-    def _force_close(self, exc):
-        if self._conn_lost:
-            return
-        self._closing = True
-        self._lost_exc = exc
-        self._release(abort=True)
-
-    def _release(self, abort):
-        """Ask the core to let go of the socket; connection_lost follows its release."""
-        conn = self._conn
-        if conn is None:
-            return
-        if lib.al_conn_close(self._c, conn, abort):
-            self._conn = None  # freed by the core: never pass it to C again
-            self._ring.conns.pop(self._token, None)
-            self._on_released()
-
-    def _on_released(self):
-        self._conn = None
-        if not self._conn_lost:
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, self._lost_exc)
-
-    def _on_ring_closed(self):
-        """The loop closed under us: free the C state; the socket stays the user's."""
-        if self._conn is not None:
-            lib.al_conn_free(self._conn)
-            self._conn = None
-
-    def _call_connection_lost(self, exc):
-        try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
-        finally:
-            self._sock.close()
-            self._sock = None
-            self._protocol = None
-            self._loop._transports.pop(self._sock_fd, None)
-            self._loop = None
-            server, self._server = self._server, None
-            if server is not None:
-                server._detach()

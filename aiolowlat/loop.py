@@ -16,33 +16,15 @@ import errno
 import heapq
 import os
 import socket
-import struct
 from asyncio import base_events, constants
 
+from ._datagram import UringDatagramTransport, pack_sockaddr
 from ._native import ffi, lib
 from ._ring import CQE_F_MORE, Ring
 from ._stream import UringStreamTransport
 
 _ECANCELED = errno.ECANCELED
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def _sockaddr(family: int, address) -> bytes:
-    """The C sockaddr for a resolved Python address (what the connect op needs)."""
-    if family == socket.AF_INET:
-        host, port = address[:2]
-        return struct.pack("=H", family) + struct.pack("!H", port) \
-            + socket.inet_pton(family, host) + bytes(8)
-    if family == socket.AF_INET6:
-        host, port = address[:2]
-        flowinfo, scope_id = (address[2:4] + (0, 0))[:2]
-        host = host.split("%", 1)[0]
-        return struct.pack("=H", family) + struct.pack("!HI", port, flowinfo) \
-            + socket.inet_pton(family, host) + struct.pack("=I", scope_id)
-    if family == socket.AF_UNIX:
-        path = os.fsencode(address)
-        return struct.pack("=H", family) + path + (b"" if path[:1] == b"\0" else b"\0")
-    raise ValueError(f"unsupported address family {family!r}")
 
 
 def _oserror(res: int, what: str = "") -> OSError:
@@ -150,6 +132,9 @@ class Loop(asyncio.SelectorEventLoop):
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return UringStreamTransport(self, sock, protocol, waiter, extra, server)
 
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return UringDatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
                        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
@@ -255,7 +240,7 @@ class Loop(asyncio.SelectorEventLoop):
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
-        addr = _sockaddr(sock.family, address)
+        addr = pack_sockaddr(sock.family, address)
 
         def done(fut, res, addr=addr):
             if res < 0:

@@ -14,11 +14,12 @@
 #include <unistd.h>
 
 /* user_data = pointer or (python token << 3), tagged in the low 3 bits. */
-enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4 };
+enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG_DSEND = 5 };
 #define TAG_MASK 7ull
 #define BGID 0
 
-enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL, ST_N };
+enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_N };
 
 struct al_loop {
     struct io_uring ring;
@@ -42,6 +43,10 @@ struct al_conn {
     int fd;
     unsigned recv_armed : 1, recv_want : 1, recv_cancelling : 1, recv_done : 1;
     unsigned send_inflight : 1, closing : 1, aborting : 1, shut_wr : 1, notify_drain : 1;
+    unsigned dgram : 1;
+    unsigned dsends;        /* datagram sends in flight */
+    size_t dpending;        /* their bytes */
+    struct msghdr rmsg;     /* recvmsg template: name space, no control */
     char *out; /* the buffer the kernel is sending from */
     size_t out_len, out_off, out_cap;
     char *q; /* bytes written while a send is in flight, sent next in order */
@@ -240,12 +245,69 @@ void al_conn_free(al_conn *c)
     free(c);
 }
 
+al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token)
+{
+    al_conn *c = al_conn_new(l, fd, token);
+    if (c) {
+        c->dgram = 1;
+        c->rmsg.msg_namelen = AL_DGRAM_NAME_SPACE;
+    }
+    return c;
+}
+
+/* One datagram in flight: everything sendmsg needs, in one allocation. */
+struct dsend {
+    struct msghdr msg;
+    struct iovec iov;
+    struct sockaddr_storage addr;
+    al_conn *c;
+    char data[];
+};
+
+int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len, const void *addr,
+                      unsigned addrlen)
+{
+    if (c->closing)
+        return -EPIPE;
+    if (addrlen > sizeof(struct sockaddr_storage))
+        return -EINVAL;
+    struct dsend *d = malloc(sizeof *d + len);
+    if (!d)
+        return -ENOMEM;
+    memset(&d->msg, 0, sizeof d->msg);
+    memcpy(d->data, buf, len);
+    d->iov.iov_base = d->data;
+    d->iov.iov_len = len;
+    d->msg.msg_iov = &d->iov;
+    d->msg.msg_iovlen = 1;
+    if (addrlen) {
+        memcpy(&d->addr, addr, addrlen);
+        d->msg.msg_name = &d->addr;
+        d->msg.msg_namelen = addrlen;
+    }
+    d->c = c;
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe) {
+        free(d);
+        return -EBUSY;
+    }
+    io_uring_prep_sendmsg(sqe, c->fd, &d->msg, 0);
+    set_ud(l, sqe, (uint64_t)(uintptr_t)d | TAG_DSEND);
+    c->dsends++;
+    c->dpending += len;
+    l->stats[ST_SENDS]++;
+    return (int64_t)c->dpending;
+}
+
 static int arm_recv(al_loop *l, al_conn *c)
 {
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe)
         return -EBUSY;
-    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    if (c->dgram)
+        io_uring_prep_recvmsg_multishot(sqe, c->fd, &c->rmsg, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
     set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
@@ -316,7 +378,7 @@ static int reserve(char **buf, size_t *cap, size_t need)
 
 int64_t al_conn_pending(al_conn *c)
 {
-    return (int64_t)(c->out_len - c->out_off + c->q_len);
+    return (int64_t)(c->out_len - c->out_off + c->q_len + c->dpending);
 }
 
 /* Queue bytes for sending, in order: one send in flight per connection, the
@@ -369,7 +431,7 @@ static void post(uint64_t *toks, int64_t *res, uint64_t *aux, int *n, uint64_t t
 static int maybe_finish(al_loop *l, al_conn *c, uint64_t *toks, int64_t *res, uint64_t *aux,
                         int *n)
 {
-    if (!c->closing || c->send_inflight)
+    if (!c->closing || c->send_inflight || c->dsends)
         return 0;
     if (c->recv_armed) {
         cancel_recv(l, c);
@@ -392,7 +454,7 @@ int al_conn_close(al_loop *l, al_conn *c, int abort)
         if (c->send_inflight)
             cancel_ud(l, (uint64_t)(uintptr_t)c | TAG_SEND);
     }
-    if (c->send_inflight)
+    if (c->send_inflight || c->dsends)
         return 0;
     if (c->recv_armed) {
         cancel_recv(l, c);
@@ -443,6 +505,23 @@ static void on_send(al_loop *l, al_conn *c, int r, uint64_t *toks, int64_t *res,
     maybe_finish(l, c, toks, res, aux, n);
 }
 
+static void on_dsend(al_loop *l, struct dsend *d, int r, uint64_t *toks, int64_t *res,
+                     uint64_t *aux, int *n)
+{
+    al_conn *c = d->c;
+    c->dsends--;
+    c->dpending -= d->iov.iov_len;
+    free(d);
+    if (r < 0 && !c->closing)
+        post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+    if (c->notify_drain && al_conn_pending(c) <= (int64_t)c->low_water) {
+        c->notify_drain = 0;
+        if (!c->closing)
+            post(toks, res, aux, n, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
+    }
+    maybe_finish(l, c, toks, res, aux, n);
+}
+
 static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *toks,
                     int64_t *res, uint64_t *aux, int *n)
 {
@@ -451,7 +530,23 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *
         c->recv_armed = 0;
         c->recv_cancelling = 0;
     }
-    if (r > 0) {
+    if (r > 0 && c->dgram) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        l->recycle[l->nrecycle++] = (uint16_t)bid;
+        unsigned char *buf = l->pool + (size_t)bid * l->bufsize;
+        struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf, r, &c->rmsg);
+        if (!o) {
+            l->stats[ST_DGRAM_BAD]++;
+        } else if (!c->closing) {
+            if (o->flags & MSG_TRUNC)
+                l->stats[ST_DGRAM_TRUNCATED]++; /* longer than a buffer: counted, cut */
+            unsigned char *payload = io_uring_recvmsg_payload(o, &c->rmsg);
+            uint64_t namelen = o->namelen < AL_DGRAM_NAME_SPACE ? o->namelen : AL_DGRAM_NAME_SPACE;
+            post(toks, res, aux, n, c->token, AL_EV_DGRAM,
+                 io_uring_recvmsg_payload_length(o, r, &c->rmsg),
+                 (uint64_t)(payload - l->pool) | namelen << 40);
+        }
+    } else if (r > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         l->recycle[l->nrecycle++] = (uint16_t)bid;
         if (!c->closing)
@@ -463,7 +558,7 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *
     } else if (r == -ENOBUFS) {
         l->stats[ST_ENOBUFS]++; /* re-armed below, after the pool is recycled */
     } else if (r != -ECANCELED) {
-        c->recv_done = 1;
+        c->recv_done = !c->dgram; /* a datagram socket reports and goes on */
         if (!c->closing)
             post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
     }
@@ -567,6 +662,9 @@ static int reap(al_loop *l, uint64_t *toks, int64_t *res, uint64_t *aux, int max
             break;
         case TAG_SEND:
             on_send(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
+            break;
+        case TAG_DSEND:
+            on_dsend(l, (struct dsend *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
             break;
         case TAG_WAKE:
             *woken = 1;

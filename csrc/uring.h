@@ -23,7 +23,12 @@ enum {
     AL_EV_ERR = 3,    /* conn recv/send failed: res = -errno */
     AL_EV_DRAIN = 4,  /* conn pending output fell to the low-water mark */
     AL_EV_CLOSED = 5, /* conn released by the core: Python may close the fd */
+    AL_EV_DGRAM = 6,  /* datagram: res = payload length, aux = payload offset
+                         | source address length << 40; the address sits
+                         AL_DGRAM_NAME_SPACE bytes before the payload */
 };
+
+enum { AL_DGRAM_NAME_SPACE = 128 }; /* sizeof(struct sockaddr_storage) */
 
 /* Setup flags for al_loop_new. The default ring defers task work to the
  * loop's own wait (DEFER_TASKRUN, one issuer thread); AL_BUSY_POLL makes
@@ -53,6 +58,13 @@ int al_conn_recv_start(al_loop *l, al_conn *c);
 int al_conn_recv_stop(al_loop *l, al_conn *c);
 int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len);
 int64_t al_conn_pending(al_conn *c);
+
+/* Datagram sockets: the same conn, receiving by multishot recvmsg and sending
+ * one sendmsg per datagram (addr may be NULL on a connected socket). A failed
+ * send or receive posts AL_EV_ERR and the socket goes on (ICMP errors). */
+al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token);
+int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len,
+                      const void *addr, unsigned addrlen);
 void al_conn_notify_drain(al_conn *c, size_t low_water);
 int al_conn_shutdown_wr(al_loop *l, al_conn *c);
 int al_conn_close(al_loop *l, al_conn *c, int abort);

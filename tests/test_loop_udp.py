@@ -145,3 +145,67 @@ def test_datagram_error_received_on_refused(loop):
         await proto.lost
 
     run(loop, main())
+
+
+def test_datagram_many_peers_get_their_own_addresses(loop):
+    async def main():
+        server = Datagrams(loop)
+        stransport, _ = await loop.create_datagram_endpoint(
+            lambda: server, local_addr=("127.0.0.1", 0))
+        target = stransport.get_extra_info("sockname")
+        peers = []
+        for _ in range(3):
+            tr, _ = await loop.create_datagram_endpoint(
+                lambda: Datagrams(loop), local_addr=("127.0.0.1", 0))
+            peers.append(tr)
+        got = []
+        for i in range(100):  # in lock step: a burst could overflow the receive buffer
+            for n, tr in enumerate(peers):
+                tr.sendto(b"%d:%d" % (n, i), target)
+            got += [await server.received.get() for _ in peers]
+        for n, tr in enumerate(peers):
+            mine = [data for data, addr in got if addr == tr.get_extra_info("sockname")]
+            assert mine == [b"%d:%d" % (n, i) for i in range(100)]
+        for tr in peers + [stransport]:
+            tr.close()
+
+    run(loop, main())
+
+
+@pytest.mark.xfail_uvloop("uvloop's UDPTransport has no pause_reading/resume_reading")
+def test_datagram_pause_reading_holds_datagrams(loop):
+    async def main():
+        server = Datagrams(loop)
+        stransport, _ = await loop.create_datagram_endpoint(
+            lambda: server, local_addr=("127.0.0.1", 0))
+        client, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=stransport.get_extra_info("sockname"))
+        stransport.pause_reading()
+        client.sendto(b"held")
+        await asyncio.sleep(0.05)
+        assert server.received.empty()
+        stransport.resume_reading()
+        assert (await server.received.get())[0] == b"held"
+        client.close()
+        stransport.close()
+
+    run(loop, main())
+
+
+@pytest.mark.xfail_uvloop("uvloop's create_datagram_endpoint takes no AF_UNIX path local_addr")
+def test_unix_datagram_endpoint(loop, sock_dir):
+    async def main():
+        server = Datagrams(loop, echo=True)
+        spath, cpath = f"{sock_dir}/srv", f"{sock_dir}/cli"
+        stransport, _ = await loop.create_datagram_endpoint(
+            lambda: server, local_addr=spath, family=socket.AF_UNIX)
+        client = Datagrams(loop)
+        ctransport, _ = await loop.create_datagram_endpoint(
+            lambda: client, local_addr=cpath, remote_addr=spath, family=socket.AF_UNIX)
+        ctransport.sendto(b"over unix")
+        assert await server.received.get() == (b"over unix", cpath)
+        assert (await client.received.get())[0] == b"over unix"
+        ctransport.close()
+        stransport.close()
+
+    run(loop, main())

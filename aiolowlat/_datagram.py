@@ -1,0 +1,129 @@
+"""Datagram transport (UDP, Unix datagrams) on the io_uring core.
+
+Datagrams arrive by a multishot recvmsg into the loop's provided buffers, with
+the sender's address beside each payload; each sendto() becomes one sendmsg
+operation, submitted with the loop's next wait. Semantics follow asyncio's
+_SelectorDatagramTransport: errors of a send or receive go to error_received()
+and the endpoint stays open.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from asyncio import transports
+from asyncio.log import logger
+
+from ._native import ffi, lib
+from ._stream import UringTransport
+
+NAME_SPACE = lib.AL_DGRAM_NAME_SPACE
+_ADDR_CACHE_MAX = 4096  # distinct peers remembered, so a feed's sender is parsed once
+
+
+def pack_sockaddr(family: int, address) -> bytes:
+    """The C sockaddr for a Python address, resolving names as socket.sendto would."""
+    if family == socket.AF_UNIX:
+        path = os.fsencode(address)
+        return struct.pack("=H", family) + path + (b"" if path[:1] == b"\0" else b"\0")
+    host, port = address[:2]
+    try:
+        packed = socket.inet_pton(family, host.split("%", 1)[0])
+    except OSError:  # a name: resolve it (blocking, exactly as sock.sendto does)
+        info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+        return pack_sockaddr(family, info[0][4])
+    if family == socket.AF_INET:
+        return struct.pack("=H", family) + struct.pack("!H", port) + packed + bytes(8)
+    flowinfo, scope_id = (tuple(address[2:4]) + (0, 0))[:2]
+    return struct.pack("=H", family) + struct.pack("!HI", port, flowinfo) + packed \
+        + struct.pack("=I", scope_id)
+
+
+def unpack_sockaddr(raw: bytes):
+    """A kernel sockaddr as the address tuple (or path) socket.recvfrom returns."""
+    if len(raw) < 2:
+        return None
+    family = int.from_bytes(raw[:2], "little")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, raw[4:8]), int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET6:
+        port, flowinfo = struct.unpack_from("!HI", raw, 2)
+        return socket.inet_ntop(family, raw[8:24]), port, flowinfo, \
+            struct.unpack_from("=I", raw, 24)[0]
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        return os.fsdecode(path.split(b"\0", 1)[0]) if path[:1] != b"\0" else path
+    return raw
+
+
+class UringDatagramTransport(UringTransport, transports.DatagramTransport):
+    _new_conn = lib.al_dgram_new
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(loop, sock, protocol, waiter, extra)
+        self._address = address  # the connected peer, if any
+        self._family = sock.family
+        self._packed = {}  # address -> C sockaddr
+        self._peers = {}   # C sockaddr -> address
+
+    def _on_dgram(self, n, aux):
+        off = aux & 0xFFFFFFFFFF
+        name_off = off - NAME_SPACE
+        raw = self._pool[name_off:name_off + (aux >> 40)].tobytes()
+        addr = self._peers.get(raw)
+        if addr is None:
+            if len(self._peers) >= _ADDR_CACHE_MAX:
+                self._peers.clear()
+            addr = self._peers[raw] = unpack_sockaddr(raw)
+        data = self._pool[off:off + n].tobytes()
+        if self._paused or self._stash:
+            self._stash.append((data, addr))
+            return
+        try:
+            self._protocol.datagram_received(data, addr)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.datagram_received() call failed.")
+
+    def _deliver_stashed(self, item):
+        self._protocol.datagram_received(*item)
+
+    def _on_error(self, res):
+        self._protocol.error_received(OSError(-res, os.strerror(-res)))
+
+    def sendto(self, data, addr=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if not data:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = None
+        if self._conn_lost or self._conn is None or self._closing:
+            if self._conn_lost >= 5:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if addr is None:
+            name = ffi.NULL
+            namelen = 0
+        else:
+            name = self._packed.get(addr)
+            if name is None:
+                if len(self._packed) >= _ADDR_CACHE_MAX:
+                    self._packed.clear()
+                name = self._packed[addr] = pack_sockaddr(self._family, addr)
+            namelen = len(name)
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        pending = lib.al_dgram_send(self._c, self._conn, data, len(data), name, namelen)
+        if pending < 0:
+            self._protocol.error_received(OSError(-pending, os.strerror(-pending)))
+        elif pending > self._high_water:
+            self._maybe_pause_protocol()
+            if self._protocol_paused:
+                lib.al_conn_notify_drain(self._conn, self._low_water)
