@@ -19,6 +19,7 @@ from typing import ClassVar
 import msgspec
 
 __all__ = [
+    "MESSAGE_SIZES",
     "PRICE_SCALE",
     "AddOrder",
     "AddOrderMPID",
@@ -315,6 +316,7 @@ _DECODERS = {
     ord("Q"): (_Q.size, _decode_q),
 }
 
+# type letter -> length of its ITCH 5.0 layout in bytes
 MESSAGE_SIZES = {chr(code): size for code, (size, _) in _DECODERS.items()}
 
 

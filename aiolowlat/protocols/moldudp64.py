@@ -17,6 +17,7 @@ import msgspec
 __all__ = [
     "END_OF_SESSION_COUNT",
     "HEADER_SIZE",
+    "MAX_MESSAGES_PER_PACKET",
     "MoldError",
     "MoldPacket",
     "MoldRequest",

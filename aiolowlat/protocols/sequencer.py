@@ -177,18 +177,18 @@ class Sequencer:
         self._attempts = 0
         self._end_of_session: int | None = None
         self._end_reported = False
-        # counters
-        self.packets = 0
-        self.malformed = 0
-        self.wrong_session = 0
+        # counters (messages unless named otherwise)
+        self.packets = 0  # datagrams fed, retransmissions included
+        self.malformed = 0  # datagrams that failed MoldUDP64 framing
+        self.wrong_session = 0  # datagrams of another session
         self.delivered = 0
-        self.duplicates = 0
-        self.reordered = 0
-        self.overflow = 0
-        self.gaps = 0
-        self.requested = 0
-        self.retransmitted = 0
-        self.unrecoverable = 0
+        self.duplicates = 0  # already delivered or buffered: the slower line, replays
+        self.reordered = 0  # waited in the reorder buffer for an earlier message
+        self.overflow = 0  # dropped with the reorder buffer full, then asked for again
+        self.gaps = 0  # times the next message was missing while later ones had arrived
+        self.requested = 0  # asked for in RetransmitRequest events
+        self.retransmitted = 0  # retransmission datagrams accepted
+        self.unrecoverable = 0  # skipped and reported in GapUnrecoverable events
 
     @property
     def state(self) -> FeedState:
