@@ -30,6 +30,7 @@ from ..protocols.itch import (
 )
 from ..protocols.moldudp64 import (
     END_OF_SESSION_COUNT,
+    HEADER_SIZE,
     MAX_MESSAGES_PER_PACKET,
     MoldError,
     decode_request,
@@ -227,6 +228,19 @@ def generate_session(
     return _SessionGenerator(seed, symbols).run(events)
 
 
+def _batches(messages: Sequence[bytes], max_messages: int, max_bytes: int):
+    """Greedy groups of messages that fit one packet."""
+    batch, size = [], HEADER_SIZE
+    for message in messages:
+        if batch and (len(batch) == max_messages or size + 2 + len(message) > max_bytes):
+            yield batch
+            batch, size = [], HEADER_SIZE
+        batch.append(message)
+        size += 2 + len(message)
+    if batch:
+        yield batch
+
+
 def packetize(
     messages: Sequence[bytes],
     session: bytes | str,
@@ -237,24 +251,15 @@ def packetize(
     heartbeat_every: int = 0,
     end_of_session_packets: int = 3,
 ) -> list[bytes]:
-    """Pack messages into MoldUDP64 packets (at most ``max_messages`` / ``max_bytes`` each),
-    a heartbeat after every ``heartbeat_every`` packets, then the end-of-session packets."""
+    """MoldUDP64 packets of at most ``max_messages`` / ``max_bytes``, a heartbeat after
+    every ``heartbeat_every`` of them, then ``end_of_session_packets`` end-of-session ones."""
     packets = []
     sequence = first_sequence
-    batch: list[bytes] = []
-    size = 20
-    for message in messages:
-        if batch and (len(batch) == max_messages or size + 2 + len(message) > max_bytes):
-            packets.append(encode_packet(session, sequence, batch))
-            sequence += len(batch)
-            batch, size = [], 20
-            if heartbeat_every and len(packets) % (heartbeat_every + 1) == heartbeat_every:
-                packets.append(encode_packet(session, sequence))
-        batch.append(message)
-        size += 2 + len(message)
-    if batch:
+    for index, batch in enumerate(_batches(messages, max_messages, max_bytes), start=1):
         packets.append(encode_packet(session, sequence, batch))
         sequence += len(batch)
+        if heartbeat_every and index % heartbeat_every == 0:
+            packets.append(encode_packet(session, sequence))
     packets.extend(
         encode_packet(session, sequence, end_of_session=True) for _ in range(end_of_session_packets)
     )
@@ -342,7 +347,8 @@ class RetransmissionStore:
         first_sequence: int = 1,
         max_messages: int = 8,
     ) -> None:
-        self.session = encode_packet(session, 0)[:10]  # the padded wire form
+        raw = session.encode("ascii") if isinstance(session, str) else bytes(session)
+        self.session = raw.ljust(10, b" ")  # as it appears on the wire
         self.messages = messages
         self.first_sequence = first_sequence
         self.max_messages = max(1, min(max_messages, MAX_MESSAGES_PER_PACKET))
