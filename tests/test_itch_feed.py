@@ -96,6 +96,13 @@ def test_packets_carry_the_whole_stream_in_sequence():
     assert decoded[-1].sequence == len(messages) + 1
 
 
+def test_packets_respect_the_byte_limit():
+    messages = generate_session(3, events=200)
+    packets = packetize(messages, SESSION, max_messages=100, max_bytes=120)
+    assert max(len(p) for p in packets) <= 120
+    assert [bytes(m) for p in packets for m in decode_packet(p).messages] == messages
+
+
 def test_store_answers_a_request_with_the_requested_range():
     feed = ItchFeed(seed=4, events=200, max_messages=4)
     packets = feed.store.answer(encode_request(SESSION, 10, 9))
