@@ -97,6 +97,21 @@ def test_request_covers_every_hole_and_skips_buffered_messages():
     assert [(r.sequence, r.count) for r in requests] == [(2, 1), (4, 2)]
 
 
+def test_lost_answer_is_requested_again_and_the_second_answer_fills():
+    seq = make()
+    seq.receive(packet(1), now=0.0)
+    seq.receive(packet(5), now=0.0)
+    seq.tick(WINDOW)
+    seq.receive_retransmission(packet(2), now=WINDOW + 0.001)  # part of the answer only
+    assert [(r.sequence, r.count) for r in of(drain(seq), RetransmitRequest)] == [(2, 3)]
+    seq.tick(WINDOW + TIMEOUT)
+    events = drain(seq)
+    assert [(r.sequence, r.count) for r in of(events, RetransmitRequest)] == [(3, 2)]
+    seq.receive_retransmission(packet(3, 2), now=WINDOW + TIMEOUT + 0.001)
+    assert delivered(drain(seq)) == [3, 4, 5]
+    assert seq.state is FeedState.LIVE and seq.unrecoverable == 0
+
+
 def test_gap_timeout_reports_the_exact_range():
     seq = make(max_retransmit_attempts=2)
     seq.receive(packet(1), now=0.0)
