@@ -16,7 +16,9 @@ import errno
 import heapq
 import os
 import socket
+import weakref
 from asyncio import base_events, constants
+from collections import deque
 
 from ._datagram import UringDatagramTransport, pack_sockaddr
 from ._native import ffi, lib
@@ -43,6 +45,7 @@ class Loop(asyncio.SelectorEventLoop):
                     busy_poll=busy_poll, sqpoll=sqpoll)
         self._ring = ring
         self._accepts = {}  # listening fd -> token of its multishot accept
+        self._unclaimed = weakref.WeakKeyDictionary()  # sock -> results of cancelled calls
         super().__init__(selector=ring)
         ring.on_error = self.call_exception_handler
 
@@ -188,51 +191,71 @@ class Loop(asyncio.SelectorEventLoop):
 
     # -- sock_* as io_uring operations --
 
-    def _sock_op(self, sock, prep, on_done, *args):
-        """Run one op on ``sock``; ``on_done(fut, res)`` settles the future."""
+    def _sock_op(self, sock, prep, value_of, *args, keep=None, kept_of=None, what=""):
+        """Run one op on ``sock``; its future gets ``value_of(res)`` or the OSError.
+
+        io_uring may complete an op that its caller has cancelled meanwhile (the
+        recv had already read): such a result is kept under ``keep`` for the next
+        call on the socket (as ``kept_of(res)``, by default the value), as asyncio
+        would have left the bytes in the socket.
+        """
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fut = self.create_future()
 
         def on_cqe(res, flags):
-            if fut.done():
-                if res >= 0 and prep is lib.al_op_accept:
-                    os.close(res)  # accepted after the caller gave up
-                return
-            on_done(fut, res)
+            if res < 0:
+                if not fut.done():
+                    fut.set_exception(_oserror(res, what))
+            elif not fut.done():
+                fut.set_result(value_of(res))
+            elif keep is not None:
+                self._unclaimed.setdefault(sock, {}).setdefault(keep, deque()).append(
+                    (kept_of or value_of)(res))
 
         tok = self._ring.submit_op(prep, on_cqe, sock.fileno(), *args)
         fut.add_done_callback(lambda f: f.cancelled() and self._ring.cancel_op(tok))
         return fut
 
+    def _claim(self, sock, keep):
+        """A result kept from a cancelled call on ``sock`` (see _sock_op), or None."""
+        kept = self._unclaimed.get(sock, {}).get(keep)
+        return kept.popleft() if kept else None
+
+    def _claim_bytes(self, sock, limit):
+        data = self._claim(sock, "recv")
+        if data is not None and len(data) > limit:
+            self._unclaimed[sock]["recv"].appendleft(data[limit:])
+            data = data[:limit]
+        return data
+
     async def sock_recv(self, sock, n):
+        data = self._claim_bytes(sock, n)
+        if data is not None:
+            return data
         buf = bytearray(n)
         cbuf = ffi.from_buffer(buf)
-
-        def done(fut, res):
-            fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(bytes(buf[:res]))
-
-        return await self._sock_op(sock, lib.al_op_recv, done, cbuf, n, 0)
+        return await self._sock_op(sock, lib.al_op_recv, lambda res: bytes(buf[:res]),
+                                   cbuf, n, 0, keep="recv")
 
     async def sock_recv_into(self, sock, buf):
         cbuf = ffi.from_buffer(buf, require_writable=True)
-
-        def done(fut, res):
-            fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(res)
-
-        return await self._sock_op(sock, lib.al_op_recv, done, cbuf, len(cbuf), 0)
+        data = self._claim_bytes(sock, len(cbuf))
+        if data is not None:
+            cbuf[0:len(data)] = data
+            return len(data)
+        # A cancelled call's bytes are in the caller's buffer: keep a copy of them.
+        return await self._sock_op(sock, lib.al_op_recv, lambda res: res, cbuf, len(cbuf), 0,
+                                   keep="recv", kept_of=lambda res: bytes(cbuf[0:res]))
 
     async def sock_sendall(self, sock, data):
         view = memoryview(data).cast("B")
         pos = 0
         while pos < len(view):
-            chunk = ffi.from_buffer(view[pos:])
-
-            def done(fut, res, chunk=chunk):  # chunk: kept alive until the kernel is done
-                fut.set_exception(_oserror(res)) if res < 0 else fut.set_result(res)
-
-            pos += await self._sock_op(sock, lib.al_op_send, done, chunk, len(chunk), 0)
+            chunk = ffi.from_buffer(view[pos:])  # referenced by the op until it completes
+            pos += await self._sock_op(sock, lib.al_op_send, lambda res, c=chunk: res,
+                                       chunk, len(chunk), 0)
 
     async def sock_connect(self, sock, address):
         if sock.family == socket.AF_INET or (
@@ -241,29 +264,24 @@ class Loop(asyncio.SelectorEventLoop):
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
         addr = pack_sockaddr(sock.family, address)
-
-        def done(fut, res, addr=addr):
-            if res < 0:
-                fut.set_exception(_oserror(res, f"Connect call failed {address}: "))
-            else:
-                fut.set_result(None)
-
-        return await self._sock_op(sock, lib.al_op_connect, done, addr, len(addr))
+        return await self._sock_op(sock, lib.al_op_connect, lambda res, a=addr: None,
+                                   addr, len(addr), what=f"Connect call failed {address}: ")
 
     async def sock_accept(self, sock):
-        def done(fut, res):
-            if res < 0:
-                fut.set_exception(_oserror(res))
-                return
-            conn = socket.socket(fileno=res)
-            conn.setblocking(False)
-            try:
-                peer = conn.getpeername()
-            except OSError:
-                peer = None
-            fut.set_result((conn, peer))
+        kept = self._claim(sock, "accept")
+        if kept is not None:
+            return kept
+        return await self._sock_op(sock, lib.al_op_accept, _accepted_socket, keep="accept")
 
-        return await self._sock_op(sock, lib.al_op_accept, done)
+
+def _accepted_socket(fd):
+    conn = socket.socket(fileno=fd)
+    conn.setblocking(False)  # the fd is O_NONBLOCK; make the object agree
+    try:
+        peer = conn.getpeername()
+    except OSError:
+        peer = None
+    return conn, peer
 
 
 def new_event_loop(*, busy_poll: bool = False, sqpoll: bool = False, **ring_options) -> Loop:
