@@ -11,7 +11,7 @@ import pytest
 from conftest import run
 
 import aiolowlat
-from aiolowlat._ring import UringUnavailableError
+from aiolowlat import UringUnavailableError
 
 
 class Echo(asyncio.Protocol):
