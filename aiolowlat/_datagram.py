@@ -19,6 +19,7 @@ from ._native import ffi, lib
 from ._stream import UringTransport
 
 NAME_SPACE = lib.AL_DGRAM_NAME_SPACE
+CONTROL_SPACE = lib.AL_DGRAM_CONTROL_SPACE
 _ADDR_CACHE_MAX = 4096  # distinct peers remembered, so a feed's sender is parsed once
 
 
@@ -58,18 +59,32 @@ def unpack_sockaddr(raw: bytes):
 
 
 class UringDatagramTransport(UringTransport, transports.DatagramTransport):
-    _new_conn = lib.al_dgram_new
+    """asyncio's datagram transport on io_uring; with ``timestamps`` (the socket set up
+    for SO_TIMESTAMPING) each datagram carries its kernel receive time, which a
+    protocol with ``datagrams_received(batch)`` gets as (data, addr, rx_ns) tuples,
+    all of one loop iteration in one call."""
 
-    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None, *,
+                 timestamps=False):
+        self._timestamps = timestamps
+        self._name_gap = NAME_SPACE + (CONTROL_SPACE if timestamps else 0)
+        self._batch = []
         super().__init__(loop, sock, protocol, waiter, extra)
         self._address = address  # the connected peer, if any
         self._family = sock.family
         self._packed = {}  # address -> C sockaddr
         self._peers = {}   # C sockaddr -> address
 
-    def _on_dgram(self, n, aux):
+    def _open_conn(self):
+        return lib.al_dgram_new(self._c, self._sock_fd, self._token, self._timestamps)
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._batched = callable(getattr(protocol, "datagrams_received", None))
+
+    def _on_dgram(self, n, aux, rx_ns):
         off = aux & 0xFFFFFFFFFF
-        name_off = off - NAME_SPACE
+        name_off = off - self._name_gap
         raw = self._pool[name_off:name_off + (aux >> 40)].tobytes()
         addr = self._peers.get(raw)
         if addr is None:
@@ -78,17 +93,35 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
             addr = self._peers[raw] = unpack_sockaddr(raw)
         data = self._pool[off:off + n].tobytes()
         if self._paused or self._stash:
-            self._stash.append((data, addr))
+            self._stash.append((data, addr, rx_ns))
+        elif self._batched:
+            if not self._batch:
+                self._ring.batching.append(self)
+            self._batch.append((data, addr, rx_ns))
+        else:
+            try:
+                self._protocol.datagram_received(data, addr)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.datagram_received() call failed.")
+
+    def _flush_batch(self):
+        batch, self._batch = self._batch, []
+        if self._conn_lost:
             return
         try:
-            self._protocol.datagram_received(data, addr)
+            self._protocol.datagrams_received(batch)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.datagram_received() call failed.")
+            self._fatal_error(exc, "Fatal error: protocol.datagrams_received() call failed.")
 
     def _deliver_stashed(self, item):
-        self._protocol.datagram_received(*item)
+        if self._batched:
+            self._protocol.datagrams_received([item])
+        else:
+            self._protocol.datagram_received(*item[:2])
 
     def _on_error(self, res):
         self._protocol.error_received(OSError(-res, os.strerror(-res)))

@@ -66,11 +66,13 @@ class Ring(selectors.BaseSelector):
         self.busy_poll = busy_poll
         self.on_error = None  # the loop's call_exception_handler
         self._c_arrays = (ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"),
-                          ffi.new(f"uint64_t[{_MAX_EVENTS}]"))
-        toks, res, aux = self._c_arrays
+                          ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"))
+        toks, res, aux, stamps = self._c_arrays
         self._toks = memoryview(ffi.buffer(toks)).cast("Q")
         self._res = memoryview(ffi.buffer(res)).cast("q")
         self._aux = memoryview(ffi.buffer(aux)).cast("Q")
+        self._stamps = memoryview(ffi.buffer(stamps)).cast("q")
+        self.batching = []  # transports holding a batch to hand over after this dispatch
         self._next_token = 1
         self.ops = {}     # token -> callback(res, cqe_flags), for py ops
         self.conns = {}   # token -> stream transport
@@ -188,8 +190,8 @@ class Ring(selectors.BaseSelector):
             ns = max(0, int(timeout * 1e9))
         if self.busy_poll and (ns < 0 or ns > _BUSY_SLICE_NS):
             ns = _BUSY_SLICE_NS
-        toks, res, aux = self._c_arrays
-        n = lib.al_wait(self.c, ns, toks, res, aux, _MAX_EVENTS)
+        toks, res, aux, stamps = self._c_arrays
+        n = lib.al_wait(self.c, ns, toks, res, aux, stamps, _MAX_EVENTS)
         if n < 0:
             if n == -errno.EEXIST:
                 raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
@@ -205,17 +207,18 @@ class Ring(selectors.BaseSelector):
         conns = self.conns
         ops = self.ops
         if n == 1:  # the latency case: skip building lists
-            batch = ((self._toks[0], self._res[0], self._aux[0]),)
+            batch = ((self._toks[0], self._res[0], self._aux[0], 0),)
         else:
-            batch = zip(self._toks[:n].tolist(), self._res[:n].tolist(), self._aux[:n].tolist())
-        for tok, r, a in batch:
+            batch = zip(self._toks[:n].tolist(), self._res[:n].tolist(), self._aux[:n].tolist(),
+                        range(n))
+        for tok, r, a, i in batch:
             kind = tok & 7
             tok >>= 3
             try:
                 if kind == EV_DATA:
                     conns[tok]._on_data(r, a)
                 elif kind == EV_DGRAM:
-                    conns[tok]._on_dgram(r, a)
+                    conns[tok]._on_dgram(r, a, self._stamps[i])
                 elif kind == EV_OP:
                     cb = ops[tok] if a & CQE_F_MORE else ops.pop(tok)
                     cb(r, a)
@@ -232,6 +235,10 @@ class Ring(selectors.BaseSelector):
             except BaseException as exc:  # one bad callback must not lose the rest of the batch
                 self.on_error({"message": "Exception in io_uring completion handler",
                                "exception": exc})
+        if self.batching:
+            batching, self.batching = self.batching, []
+            for transport in batching:
+                transport._flush_batch()
 
     def close(self):
         ring, self._ring = self._ring, None

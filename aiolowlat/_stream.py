@@ -28,7 +28,6 @@ class UringTransport(transports._FlowControlMixin):
     """What stream and datagram transports share: the C conn, reading, closing."""
 
     _sock = None
-    _new_conn = lib.al_conn_new
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
@@ -48,7 +47,7 @@ class UringTransport(transports._FlowControlMixin):
         self._pool = ring.pool
         self._token = ring.new_token()
         self._c = ring.c  # valid while self._conn is: the ring frees conns before itself
-        self._conn = type(self)._new_conn(self._c, self._sock_fd, self._token)
+        self._conn = self._open_conn()
         if self._conn == ffi.NULL:
             raise MemoryError("no memory for an io_uring connection")
         ring.conns[self._token] = self
@@ -196,6 +195,9 @@ class UringStreamTransport(UringTransport, transports.Transport):
         super().__init__(loop, sock, protocol, waiter, extra, server)
         self._eof = False  # write_eof() called
         _set_nodelay(sock)
+
+    def _open_conn(self):
+        return lib.al_conn_new(self._c, self._sock_fd, self._token)
 
     def set_protocol(self, protocol):
         super().set_protocol(protocol)

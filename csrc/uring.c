@@ -1,6 +1,7 @@
 /* aiolowlat io_uring core; see uring.h for the model. */
 #define _GNU_SOURCE
 #include "uring.h"
+#include "dgram.h"
 
 #include <errno.h>
 #include <liburing.h>
@@ -245,12 +246,13 @@ void al_conn_free(al_conn *c)
     free(c);
 }
 
-al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token)
+al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token, int timestamps)
 {
     al_conn *c = al_conn_new(l, fd, token);
     if (c) {
         c->dgram = 1;
         c->rmsg.msg_namelen = AL_DGRAM_NAME_SPACE;
+        c->rmsg.msg_controllen = timestamps ? AL_DGRAM_CONTROL_SPACE : 0;
     }
     return c;
 }
@@ -418,18 +420,26 @@ int al_conn_shutdown_wr(al_loop *l, al_conn *c)
     return 0; /* done when the last send completes */
 }
 
-static void post(uint64_t *toks, int64_t *res, uint64_t *aux, int *n, uint64_t tok, int kind,
-                 int64_t r, uint64_t a)
+/* Where al_wait writes the events for Python: parallel arrays and a count. */
+struct out {
+    uint64_t *toks;
+    int64_t *res;
+    uint64_t *aux;
+    int64_t *stamps; /* receive time, for datagrams */
+    int n;
+};
+
+static void post(struct out *o, uint64_t tok, int kind, int64_t r, uint64_t a)
 {
-    toks[*n] = tok << 3 | (uint64_t)kind;
-    res[*n] = r;
-    aux[*n] = a;
-    (*n)++;
+    o->toks[o->n] = tok << 3 | (uint64_t)kind;
+    o->res[o->n] = r;
+    o->aux[o->n] = a;
+    o->stamps[o->n] = 0;
+    o->n++;
 }
 
 /* Returns 1 when the connection has been released (CLOSED posted, c freed). */
-static int maybe_finish(al_loop *l, al_conn *c, uint64_t *toks, int64_t *res, uint64_t *aux,
-                        int *n)
+static int maybe_finish(al_loop *l, al_conn *c, struct out *o)
 {
     if (!c->closing || c->send_inflight || c->dsends)
         return 0;
@@ -437,7 +447,7 @@ static int maybe_finish(al_loop *l, al_conn *c, uint64_t *toks, int64_t *res, ui
         cancel_recv(l, c);
         return 0;
     }
-    post(toks, res, aux, n, c->token, AL_EV_CLOSED, 0, 0);
+    post(o, c->token, AL_EV_CLOSED, 0, 0);
     al_conn_free(c);
     return 1;
 }
@@ -464,8 +474,7 @@ int al_conn_close(al_loop *l, al_conn *c, int abort)
     return 1;
 }
 
-static void on_send(al_loop *l, al_conn *c, int r, uint64_t *toks, int64_t *res, uint64_t *aux,
-                    int *n)
+static void on_send(al_loop *l, al_conn *c, int r, struct out *o)
 {
     c->send_inflight = 0;
     if (r == -EINTR || r == -EAGAIN) {
@@ -474,7 +483,7 @@ static void on_send(al_loop *l, al_conn *c, int r, uint64_t *toks, int64_t *res,
     } else if (r < 0) {
         c->out_len = c->out_off = c->q_len = 0;
         if (!c->aborting)
-            post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+            post(o, c->token, AL_EV_ERR, r, 0);
     } else {
         c->out_off += (size_t)r;
         if (c->out_off < c->out_len && !c->aborting) {
@@ -500,30 +509,28 @@ static void on_send(al_loop *l, al_conn *c, int r, uint64_t *toks, int64_t *res,
     if (c->notify_drain && al_conn_pending(c) <= (int64_t)c->low_water) {
         c->notify_drain = 0;
         if (!c->closing)
-            post(toks, res, aux, n, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
+            post(o, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
     }
-    maybe_finish(l, c, toks, res, aux, n);
+    maybe_finish(l, c, o);
 }
 
-static void on_dsend(al_loop *l, struct dsend *d, int r, uint64_t *toks, int64_t *res,
-                     uint64_t *aux, int *n)
+static void on_dsend(al_loop *l, struct dsend *d, int r, struct out *o)
 {
     al_conn *c = d->c;
     c->dsends--;
     c->dpending -= d->iov.iov_len;
     free(d);
     if (r < 0 && !c->closing)
-        post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+        post(o, c->token, AL_EV_ERR, r, 0);
     if (c->notify_drain && al_conn_pending(c) <= (int64_t)c->low_water) {
         c->notify_drain = 0;
         if (!c->closing)
-            post(toks, res, aux, n, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
+            post(o, c->token, AL_EV_DRAIN, al_conn_pending(c), 0);
     }
-    maybe_finish(l, c, toks, res, aux, n);
+    maybe_finish(l, c, o);
 }
 
-static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *toks,
-                    int64_t *res, uint64_t *aux, int *n)
+static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out *o)
 {
     int r = cqe->res;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
@@ -534,35 +541,37 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, uint64_t *
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         l->recycle[l->nrecycle++] = (uint16_t)bid;
         unsigned char *buf = l->pool + (size_t)bid * l->bufsize;
-        struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf, r, &c->rmsg);
-        if (!o) {
+        struct io_uring_recvmsg_out *m = io_uring_recvmsg_validate(buf, r, &c->rmsg);
+        if (!m) {
             l->stats[ST_DGRAM_BAD]++;
         } else if (!c->closing) {
-            if (o->flags & MSG_TRUNC)
+            if (m->flags & MSG_TRUNC)
                 l->stats[ST_DGRAM_TRUNCATED]++; /* longer than a buffer: counted, cut */
-            unsigned char *payload = io_uring_recvmsg_payload(o, &c->rmsg);
-            uint64_t namelen = o->namelen < AL_DGRAM_NAME_SPACE ? o->namelen : AL_DGRAM_NAME_SPACE;
-            post(toks, res, aux, n, c->token, AL_EV_DGRAM,
-                 io_uring_recvmsg_payload_length(o, r, &c->rmsg),
+            unsigned char *payload = io_uring_recvmsg_payload(m, &c->rmsg);
+            uint64_t namelen = m->namelen < AL_DGRAM_NAME_SPACE ? m->namelen : AL_DGRAM_NAME_SPACE;
+            post(o, c->token, AL_EV_DGRAM, io_uring_recvmsg_payload_length(m, r, &c->rmsg),
                  (uint64_t)(payload - l->pool) | namelen << 40);
+            if (c->rmsg.msg_controllen)
+                o->stamps[o->n - 1] = al_rx_time(
+                    (unsigned char *)io_uring_recvmsg_name(m) + c->rmsg.msg_namelen, m->controllen);
         }
     } else if (r > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         l->recycle[l->nrecycle++] = (uint16_t)bid;
         if (!c->closing)
-            post(toks, res, aux, n, c->token, AL_EV_DATA, r, (uint64_t)bid * l->bufsize);
+            post(o, c->token, AL_EV_DATA, r, (uint64_t)bid * l->bufsize);
     } else if (r == 0) {
         c->recv_done = 1;
         if (!c->closing)
-            post(toks, res, aux, n, c->token, AL_EV_EOF, 0, 0);
+            post(o, c->token, AL_EV_EOF, 0, 0);
     } else if (r == -ENOBUFS) {
         l->stats[ST_ENOBUFS]++; /* re-armed below, after the pool is recycled */
     } else if (r != -ECANCELED) {
         c->recv_done = !c->dgram; /* a datagram socket reports and goes on */
         if (!c->closing)
-            post(toks, res, aux, n, c->token, AL_EV_ERR, r, 0);
+            post(o, c->token, AL_EV_ERR, r, 0);
     }
-    if (maybe_finish(l, c, toks, res, aux, n))
+    if (maybe_finish(l, c, o))
         return;
     if (!c->recv_armed && c->recv_want && !c->recv_done && !c->closing)
         arm_recv(l, c);
@@ -638,33 +647,33 @@ static int enter(al_loop *l, int64_t timeout_ns)
 
 /* Turn CQEs into events for Python; internal completions (full sends, re-arms)
  * end here. Sets *woken when the eventfd fired. */
-static int reap(al_loop *l, uint64_t *toks, int64_t *res, uint64_t *aux, int max, int *woken)
+static void reap(al_loop *l, struct out *o, int max, int *woken)
 {
     struct io_uring *ring = &l->ring;
     struct io_uring_cqe *cqe;
     unsigned head, seen = 0;
-    int n = 0;
     io_uring_for_each_cqe(ring, head, cqe)
     {
-        if (n > max - 2 || l->nrecycle >= l->nbufs)
+        if (o->n > max - 2 || l->nrecycle >= l->nbufs)
             break; /* each CQE posts at most two events */
         seen++;
         uint64_t ud = cqe->user_data;
         unsigned tag = ud & TAG_MASK;
+        void *ptr = (void *)(uintptr_t)(ud & ~TAG_MASK);
         if (tag != TAG_IGNORE && !(cqe->flags & IORING_CQE_F_MORE))
             l->inflight--;
         switch (tag) {
         case TAG_PY:
-            post(toks, res, aux, &n, ud >> 3, AL_EV_OP, cqe->res, cqe->flags);
+            post(o, ud >> 3, AL_EV_OP, cqe->res, cqe->flags);
             break;
         case TAG_RECV:
-            on_recv(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe, toks, res, aux, &n);
+            on_recv(l, ptr, cqe, o);
             break;
         case TAG_SEND:
-            on_send(l, (al_conn *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
+            on_send(l, ptr, cqe->res, o);
             break;
         case TAG_DSEND:
-            on_dsend(l, (struct dsend *)(uintptr_t)(ud & ~TAG_MASK), cqe->res, toks, res, aux, &n);
+            on_dsend(l, ptr, cqe->res, o);
             break;
         case TAG_WAKE:
             *woken = 1;
@@ -676,15 +685,16 @@ static int reap(al_loop *l, uint64_t *toks, int64_t *res, uint64_t *aux, int max
     }
     io_uring_cq_advance(ring, seen);
     l->stats[ST_CQES] += seen;
-    return n;
 }
 
-int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux, int max)
+int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux,
+            int64_t *stamps, int max)
 {
     int claimed = claim_ring(l);
     if (claimed)
         return claimed;
     int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+    struct out o = {.toks = toks, .res = res, .aux = aux, .stamps = stamps};
     for (;;) {
         /* Python is done with the bytes it was handed (or none were handed). */
         recycle_buffers(l);
@@ -692,9 +702,9 @@ int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64
         if (stop < 0)
             return stop;
         int woken = 0;
-        int n = reap(l, toks, res, aux, max, &woken);
-        if (n || woken || stop || timeout_ns == 0)
-            return n;
+        reap(l, &o, max, &woken);
+        if (o.n || woken || stop || timeout_ns == 0)
+            return o.n;
         /* Only internal completions (a send that went out in full): keep waiting
          * here rather than costing Python a loop iteration. */
         if (timeout_ns > 0) {

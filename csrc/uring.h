@@ -24,11 +24,15 @@ enum {
     AL_EV_DRAIN = 4,  /* conn pending output fell to the low-water mark */
     AL_EV_CLOSED = 5, /* conn released by the core: Python may close the fd */
     AL_EV_DGRAM = 6,  /* datagram: res = payload length, aux = payload offset
-                         | source address length << 40; the address sits
-                         AL_DGRAM_NAME_SPACE bytes before the payload */
+                         | source address length << 40, stamp = receive time;
+                         the address sits AL_DGRAM_NAME_SPACE bytes before the
+                         payload (and before the control space, if any) */
 };
 
-enum { AL_DGRAM_NAME_SPACE = 128 }; /* sizeof(struct sockaddr_storage) */
+enum {
+    AL_DGRAM_NAME_SPACE = 128,   /* sizeof(struct sockaddr_storage) */
+    AL_DGRAM_CONTROL_SPACE = 64, /* CMSG_SPACE(3 timespecs): one SCM_TIMESTAMPING */
+};
 
 /* Setup flags for al_loop_new. The default ring defers task work to the
  * loop's own wait (DEFER_TASKRUN, one issuer thread); AL_BUSY_POLL makes
@@ -49,7 +53,8 @@ void al_loop_stats(al_loop *l, uint64_t *out, int n);
  * Returns the count or -errno (-EEXIST: called from another thread than the
  * one that first waited). Buffers handed out by the previous call are recycled
  * first. */
-int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux, int max);
+int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64_t *aux,
+            int64_t *stamps, int max);
 
 /* Connections (stream sockets). */
 al_conn *al_conn_new(al_loop *l, int fd, uint64_t token);
@@ -59,10 +64,11 @@ int al_conn_recv_stop(al_loop *l, al_conn *c);
 int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len);
 int64_t al_conn_pending(al_conn *c);
 
-/* Datagram sockets: the same conn, receiving by multishot recvmsg and sending
+/* Datagram sockets (timestamps: receive the SCM_TIMESTAMPING control message
+ * the socket was set up for, and report its time in ns): the same conn, receiving by multishot recvmsg and sending
  * one sendmsg per datagram (addr may be NULL on a connected socket). A failed
  * send or receive posts AL_EV_ERR and the socket goes on (ICMP errors). */
-al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token);
+al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token, int timestamps);
 int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len,
                       const void *addr, unsigned addrlen);
 void al_conn_notify_drain(al_conn *c, size_t low_water);

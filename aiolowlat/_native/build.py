@@ -17,12 +17,12 @@ def _cdef_from_header(path: pathlib.Path) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_from_header(CSRC / "uring.h"))
+ffibuilder.cdef(_cdef_from_header(CSRC / "uring.h") + _cdef_from_header(CSRC / "dgram.h"))
 ffibuilder.set_source(
     "aiolowlat._native._uring",
-    '#include "uring.h"',
+    '#include "uring.h"\n#include "dgram.h"',
     # setuptools wants paths relative to setup.py, which is where cffi runs this.
-    sources=["csrc/uring.c"],
+    sources=["csrc/uring.c", "csrc/dgram.c"],
     include_dirs=["csrc"],
     libraries=["uring"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
