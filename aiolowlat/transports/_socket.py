@@ -1,0 +1,110 @@
+"""UDP socket set-up shared by every market-data transport: groups, buffers, timestamps."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import warnings
+
+from .._datagram import pack_sockaddr
+
+# Linux values; Python's socket module lacks some of them.
+SO_TIMESTAMPING = 37
+SOF_TIMESTAMPING_RX_HARDWARE = 1 << 2
+SOF_TIMESTAMPING_RX_SOFTWARE = 1 << 3
+SOF_TIMESTAMPING_SOFTWARE = 1 << 4
+SOF_TIMESTAMPING_RAW_HARDWARE = 1 << 6
+IP_MULTICAST_ALL = 49
+MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP = 42, 45
+MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+_SOCKADDR_STORAGE = 128
+
+
+class SocketBufferWarning(RuntimeWarning):
+    """The kernel gave a smaller receive buffer than asked: bursts may be dropped."""
+
+
+def _storage(family: int, address) -> bytes:
+    raw = pack_sockaddr(family, address)
+    return raw + bytes(_SOCKADDR_STORAGE - len(raw))
+
+
+def _group_request(family, group, interface, source):
+    """struct group_req / group_source_req (RFC 3678): interface index, then addresses."""
+    index = socket.if_nametoindex(interface) if interface else 0
+    head = struct.pack("=I4x", index)  # the pad aligns sockaddr_storage to 8
+    if source is None:
+        return head + _storage(family, (group, 0))
+    return head + _storage(family, (group, 0)) + _storage(family, (source, 0))
+
+
+def join_group(sock, group: str, interface: str | None = None, source: str | None = None):
+    """Join ``group`` on ``interface`` (by name); source-specific when ``source`` is given."""
+    level = socket.IPPROTO_IP if sock.family == socket.AF_INET else socket.IPPROTO_IPV6
+    opt = MCAST_JOIN_GROUP if source is None else MCAST_JOIN_SOURCE_GROUP
+    sock.setsockopt(level, opt, _group_request(sock.family, group, interface, source))
+
+
+def leave_group(sock, group: str, interface: str | None = None, source: str | None = None):
+    """Leave what join_group joined."""
+    level = socket.IPPROTO_IP if sock.family == socket.AF_INET else socket.IPPROTO_IPV6
+    opt = MCAST_LEAVE_GROUP if source is None else MCAST_LEAVE_SOURCE_GROUP
+    sock.setsockopt(level, opt, _group_request(sock.family, group, interface, source))
+
+
+def set_receive_buffer(sock, size: int) -> int:
+    """Ask for ``size`` bytes of receive buffer; return what the kernel granted."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
+    if granted < size:
+        try:
+            with open("/proc/sys/net/core/rmem_max") as f:
+                rmem_max = int(f.read())
+        except OSError:
+            rmem_max = granted
+        warnings.warn(
+            f"SO_RCVBUF is {granted} bytes, not the {size} asked for: the kernel caps it at "
+            f"net.core.rmem_max={rmem_max}. Raise it (sysctl -w net.core.rmem_max={size}) "
+            f"or bursts will be dropped by the kernel.", SocketBufferWarning, stacklevel=3)
+    return granted
+
+
+def enable_timestamps(sock) -> str:
+    """Kernel receive timestamps on every datagram: hardware ones where the NIC stamps
+    packets (SO_TIMESTAMPING raw hardware), software ones always."""
+    flags = (SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+             | SOF_TIMESTAMPING_RX_HARDWARE | SOF_TIMESTAMPING_RAW_HARDWARE)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
+    return "software+hardware-if-offered"
+
+
+def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse_port=True,
+                    rcvbuf=None, timestamps=True):
+    """A non-blocking UDP socket bound to ``local_addr`` with the market-data options set.
+
+    Returns (socket, extra) where extra holds what took effect (rcvbuf, groups, timestamps).
+    """
+    host, port = local_addr[:2]
+    family = socket.AF_INET6 if ipaddress.ip_address(host or "0.0.0.0").version == 6 \
+        else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        extra = {"groups": tuple(groups), "interface": interface, "source": source}
+        if family == socket.AF_INET and groups:
+            # Only the groups this socket joined, not every group the host joined on the port.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        if rcvbuf:
+            extra["rcvbuf"] = set_receive_buffer(sock, rcvbuf)
+        extra["timestamps"] = enable_timestamps(sock) if timestamps else None
+        sock.bind((host, port))
+        for group in groups:
+            join_group(sock, group, interface, source)
+        return sock, extra
+    except BaseException:
+        sock.close()
+        raise
