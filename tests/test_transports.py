@@ -1,0 +1,201 @@
+"""Market-data datagram endpoints: every transport, every loop, real sockets."""
+
+import asyncio
+import socket
+import struct
+import time
+import warnings
+
+import pytest
+from conftest import run
+from netns import VethPair, in_netns
+
+import aiolowlat
+from aiolowlat.transports import (
+    SocketBufferWarning,
+    TransportUnavailableError,
+    open_datagram_endpoint,
+    open_udp_socket,
+)
+
+GROUP = "239.7.7.7"
+
+
+class Batches(asyncio.DatagramProtocol):
+    """Collects datagrams_received batches until ``want`` datagrams arrived."""
+
+    def __init__(self, want):
+        self.want, self.batches, self.done = want, [], asyncio.Event()
+
+    def datagrams_received(self, batch):
+        self.batches.append(batch)
+        if sum(map(len, self.batches)) >= self.want:
+            self.done.set()
+
+    def flat(self):
+        return [item for batch in self.batches for item in batch]
+
+
+class PerDatagram(asyncio.DatagramProtocol):
+    def __init__(self, want):
+        self.want, self.got, self.done = want, [], asyncio.Event()
+
+    def datagram_received(self, data, addr):
+        self.got.append((data, addr))
+        if len(self.got) >= self.want:
+            self.done.set()
+
+
+def _each_transport(loop):
+    """The kernel transport runs on every loop; the uring one on aiolowlat's."""
+    return ["kernel", "uring"] if isinstance(loop, aiolowlat.Loop) else ["kernel"]
+
+
+def test_batches_carry_kernel_receive_times(loop):
+    async def main():
+        for kind in _each_transport(loop):
+            sent_at = time.time_ns()
+            tr, proto = await open_datagram_endpoint(
+                lambda: Batches(200), transport=kind, local_addr=("127.0.0.1", 0))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.bind(("127.0.0.1", 0))
+                for i in range(200):  # queued before the loop runs: batches of many
+                    tx.sendto(b"m%d" % i, tr.get_extra_info("sockname"))
+                await asyncio.wait_for(proto.done.wait(), 5)
+                got = proto.flat()
+                assert [data for data, _, _ in got] == [b"m%d" % i for i in range(200)]
+                assert {addr for _, addr, _ in got} == {tx.getsockname()}
+                assert all(sent_at <= rx <= time.time_ns() for _, _, rx in got), kind
+                assert max(map(len, proto.batches)) > 1, kind
+            tr.close()
+
+    run(loop, main())
+
+
+def test_plain_datagram_protocol_and_sendto(loop):
+    async def main():
+        for kind in _each_transport(loop):
+            tr, proto = await open_datagram_endpoint(
+                lambda: PerDatagram(3), transport=kind, local_addr=("127.0.0.1", 0))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.bind(("127.0.0.1", 0))
+                peer.setblocking(False)
+                for data in (b"a", b"b", b"c"):
+                    peer.sendto(data, tr.get_extra_info("sockname"))
+                await asyncio.wait_for(proto.done.wait(), 5)
+                assert [d for d, _ in proto.got] == [b"a", b"b", b"c"]
+                tr.sendto(b"request", peer.getsockname())  # e.g. a retransmission request
+                assert await asyncio.wait_for(loop.sock_recv(peer, 100), 5) == b"request"
+            tr.close()
+
+    run(loop, main())
+
+
+def test_capped_receive_buffer_warns_with_the_sysctl(loop):
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tr, _ = await open_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0), rcvbuf=rmem_max * 4)
+        assert any(issubclass(w.category, SocketBufferWarning)
+                   and "net.core.rmem_max" in str(w.message) for w in caught)
+        assert tr.get_extra_info("rcvbuf") < rmem_max * 4
+        tr.close()
+
+    run(loop, main())
+
+
+def test_unknown_and_unavailable_transports(loop):
+    async def main():
+        with pytest.raises(ValueError, match="unknown transport"):
+            await open_datagram_endpoint(asyncio.DatagramProtocol, transport="carrier-pigeon",
+                                         local_addr=("127.0.0.1", 0))
+        for kind in ("af_xdp", "dpdk"):
+            with pytest.raises(TransportUnavailableError, match="not available in this build"):
+                await open_datagram_endpoint(asyncio.DatagramProtocol, transport=kind,
+                                             local_addr=("127.0.0.1", 0))
+        if not isinstance(loop, aiolowlat.Loop):
+            with pytest.raises(TransportUnavailableError, match="needs the aiolowlat loop"):
+                await open_datagram_endpoint(asyncio.DatagramProtocol, transport="uring",
+                                             local_addr=("127.0.0.1", 0))
+
+    run(loop, main())
+
+
+# -- multicast, on test hosts in network namespaces --
+
+def _sender(ns_iface, source=None):
+    """A socket sending to GROUP out of ``ns_iface`` (made inside its namespace)."""
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                  struct.pack("=4s4si", bytes(4), bytes(4), socket.if_nametoindex(ns_iface)))
+    if source:
+        tx.bind((source, 0))
+    return tx
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with VethPair() as pair:
+        yield pair
+
+
+def test_multicast_across_veth(loop, hosts):
+    async def main():
+        for kind in _each_transport(loop):
+            rx = in_netns(hosts.b, lambda: open_udp_socket(
+                (GROUP, 0), groups=[GROUP], interface=hosts.dev_b, rcvbuf=1 << 20)[0])
+            port = rx.getsockname()[1]
+            tr, proto = await open_datagram_endpoint(lambda: Batches(50), transport=kind, sock=rx)
+            tx = in_netns(hosts.a, _sender, hosts.dev_a)
+            with tx:
+                for i in range(50):
+                    tx.sendto(b"tick %d" % i, (GROUP, port))
+                await asyncio.wait_for(proto.done.wait(), 5)
+            got = proto.flat()
+            assert [d for d, _, _ in got] == [b"tick %d" % i for i in range(50)]
+            assert {addr[0] for _, addr, _ in got} == {hosts.addr_a}
+            tr.close()
+
+    run(loop, main())
+
+
+def test_source_specific_join_filters_other_senders(loop, hosts):
+    async def main():
+        for kind in _each_transport(loop):
+            rx = in_netns(hosts.b, lambda: open_udp_socket(
+                (GROUP, 0), groups=[GROUP], interface=hosts.dev_b, source=hosts.addr_a)[0])
+            port = rx.getsockname()[1]
+            tr, proto = await open_datagram_endpoint(lambda: Batches(3), transport=kind, sock=rx)
+            wanted = in_netns(hosts.a, _sender, hosts.dev_a, hosts.addr_a)
+            other = in_netns(hosts.a, _sender, hosts.dev_a, hosts.addr_a2)
+            with wanted, other:
+                for i in range(3):
+                    other.sendto(b"not for us", (GROUP, port))
+                    wanted.sendto(b"ours %d" % i, (GROUP, port))
+                await asyncio.wait_for(proto.done.wait(), 5)
+                await asyncio.sleep(0.05)  # a stray datagram would have arrived by now
+            assert [d for d, _, _ in proto.flat()] == [b"ours %d" % i for i in range(3)]
+            tr.close()
+
+    run(loop, main())
+
+
+def test_multicast_on_namespace_loopback(loop, hosts):
+    async def main():
+        for kind in _each_transport(loop):
+            rx = in_netns(hosts.b, lambda: open_udp_socket(
+                (GROUP, 0), groups=[GROUP], interface="lo")[0])
+            port = rx.getsockname()[1]
+            tr, proto = await open_datagram_endpoint(lambda: Batches(5), transport=kind, sock=rx)
+            with in_netns(hosts.b, _sender, "lo") as tx:
+                for i in range(5):
+                    tx.sendto(b"lo %d" % i, (GROUP, port))
+                await asyncio.wait_for(proto.done.wait(), 5)
+            assert [d for d, _, _ in proto.flat()] == [b"lo %d" % i for i in range(5)]
+            tr.close()
+
+    run(loop, main())
