@@ -31,7 +31,8 @@ _FACTORIES = {
 async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel", local_addr=None,
                                  groups=(), interface: str | None = None,
                                  source: str | None = None, reuse_port: bool = True,
-                                 rcvbuf: int | None = None, timestamps: bool = True, sock=None):
+                                 rcvbuf: int | None = None, rcvbuf_force: bool = False,
+                                 timestamps: bool = True, sock=None):
     """Open a market-data datagram endpoint on ``transport``; returns (transport, protocol).
 
     ``sock``: a socket already set up by open_udp_socket (e.g. in another network
@@ -48,7 +49,7 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
     if sock is None:
         sock, extra = open_udp_socket(local_addr, groups=groups, interface=interface,
                                       source=source, reuse_port=reuse_port, rcvbuf=rcvbuf,
-                                      timestamps=timestamps)
+                                      rcvbuf_force=rcvbuf_force, timestamps=timestamps)
     else:
         sock.setblocking(False)
         extra = {"timestamps": "caller's socket" if timestamps else None}

@@ -53,10 +53,22 @@ def leave_group(sock, group: str, interface: str | None = None, source: str | No
     sock.setsockopt(level, opt, _group_request(sock.family, group, interface, source))
 
 
-def set_receive_buffer(sock, size: int) -> int:
-    """Ask for ``size`` bytes of receive buffer; return what the kernel granted."""
+SO_RCVBUFFORCE = 33
+
+
+def set_receive_buffer(sock, size: int, force: bool = False) -> int:
+    """Ask for ``size`` bytes of receive buffer; return what the kernel granted.
+
+    ``force``: past net.core.rmem_max with SO_RCVBUFFORCE (needs CAP_NET_ADMIN).
+    """
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
+    if granted < size and force:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except PermissionError:
+            pass  # no CAP_NET_ADMIN: the warning below says what to do
     if granted < size:
         try:
             with open("/proc/sys/net/core/rmem_max") as f:
@@ -80,7 +92,7 @@ def enable_timestamps(sock) -> str:
 
 
 def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse_port=True,
-                    rcvbuf=None, timestamps=True):
+                    rcvbuf=None, rcvbuf_force=False, timestamps=True):
     """A non-blocking UDP socket bound to ``local_addr`` with the market-data options set.
 
     Returns (socket, extra) where extra holds what took effect (rcvbuf, groups, timestamps).
@@ -99,7 +111,7 @@ def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse
             # Only the groups this socket joined, not every group the host joined on the port.
             sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         if rcvbuf:
-            extra["rcvbuf"] = set_receive_buffer(sock, rcvbuf)
+            extra["rcvbuf"] = set_receive_buffer(sock, rcvbuf, rcvbuf_force)
         extra["timestamps"] = enable_timestamps(sock) if timestamps else None
         sock.bind((host, port))
         for group in groups:
