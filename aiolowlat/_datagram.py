@@ -99,23 +99,24 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
                 self._ring.batching.append(self)
             self._batch.append((data, addr, rx_ns))
         else:
-            try:
-                self._protocol.datagram_received(data, addr)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.datagram_received() call failed.")
+            self._call(self._protocol.datagram_received, data, addr)
 
     def _flush_batch(self):
         batch, self._batch = self._batch, []
-        if self._conn_lost:
-            return
+        if not self._conn_lost:
+            self._call(self._protocol.datagrams_received, batch)
+
+    def _call(self, callback, *args):
+        """As asyncio's datagram transport: a protocol's exception is reported and the
+        endpoint stays open (a feed must not stop on one bad callback)."""
         try:
-            self._protocol.datagrams_received(batch)
+            callback(*args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.datagrams_received() call failed.")
+            self._loop.call_exception_handler({
+                "message": f"Exception in {callback.__qualname__}", "exception": exc,
+                "transport": self, "protocol": self._protocol})
 
     def _deliver_stashed(self, item):
         if self._batched:

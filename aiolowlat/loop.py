@@ -173,12 +173,7 @@ class Loop(asyncio.SelectorEventLoop):
 
     def _accepted(self, fd, protocol_factory, sock, sslcontext, server, backlog,
                   ssl_handshake_timeout, ssl_shutdown_timeout):
-        conn = socket.socket(fileno=fd)
-        conn.setblocking(False)  # the fd is O_NONBLOCK; make the object agree
-        try:
-            peer = conn.getpeername()
-        except OSError:
-            peer = None
+        conn, peer = _accepted_socket(fd)
         self.create_task(self._accept_connection2(
             protocol_factory, conn, {"peername": peer}, sslcontext, server,
             ssl_handshake_timeout, ssl_shutdown_timeout))

@@ -209,3 +209,31 @@ def test_unix_datagram_endpoint(loop, sock_dir):
         stransport.close()
 
     run(loop, main())
+
+
+def test_datagram_callback_exception_keeps_endpoint_open(loop):
+    class Flaky(Datagrams):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"bad":
+                raise ValueError("protocol bug")
+
+    async def main():
+        reported = []
+        loop.set_exception_handler(lambda _, ctx: reported.append(ctx.get("exception")))
+        server = Flaky(loop)
+        stransport, _ = await loop.create_datagram_endpoint(
+            lambda: server, local_addr=("127.0.0.1", 0))
+        client, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=stransport.get_extra_info("sockname"))
+        client.sendto(b"bad")
+        assert (await server.received.get())[0] == b"bad"
+        client.sendto(b"good")
+        assert (await server.received.get())[0] == b"good"
+        assert not stransport.is_closing()
+        assert [type(e) for e in reported] == [ValueError]
+        client.close()
+        stransport.close()
+        loop.set_exception_handler(None)
+
+    run(loop, main())

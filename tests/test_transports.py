@@ -199,3 +199,33 @@ def test_multicast_on_namespace_loopback(loop, hosts):
             tr.close()
 
     run(loop, main())
+
+
+def test_a_raising_callback_loses_no_other_datagram(loop):
+    class Flaky(PerDatagram):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"bad":
+                raise ValueError("strategy bug")
+
+    async def main():
+        for kind in _each_transport(loop):
+            reported = []
+            loop.set_exception_handler(lambda _, ctx, r=reported: r.append(ctx["exception"]))
+            tr, proto = await open_datagram_endpoint(
+                lambda: Flaky(3), transport=kind, local_addr=("127.0.0.1", 0))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for data in (b"one", b"bad", b"three"):  # queued together: one batch
+                    tx.sendto(data, tr.get_extra_info("sockname"))
+                await asyncio.wait_for(proto.done.wait(), 5)
+            assert [d for d, _ in proto.got] == [b"one", b"bad", b"three"], kind
+            assert [type(e) for e in reported] == [ValueError], kind
+            assert not tr.is_closing()  # as asyncio's datagram transport: the feed goes on
+            proto.want, proto.done = 4, asyncio.Event()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.sendto(b"four", tr.get_extra_info("sockname"))
+                await asyncio.wait_for(proto.done.wait(), 5)
+            tr.close()
+            loop.set_exception_handler(None)
+
+    run(loop, main())

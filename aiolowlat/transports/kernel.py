@@ -70,10 +70,21 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         if not batch:
             return
         if self._batched:
-            self._protocol.datagrams_received(batch)
+            self._call(self._protocol.datagrams_received, batch)
         else:
             for data, addr, _ in batch:
-                self._protocol.datagram_received(data, addr)
+                self._call(self._protocol.datagram_received, data, addr)
+
+    def _call(self, callback, *args):
+        """A protocol callback; its exception is reported and the rest of the batch goes on."""
+        try:
+            callback(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"Exception in {callback.__qualname__}", "exception": exc,
+                "transport": self, "protocol": self._protocol})
 
     def _collect(self, n, batch):
         lens = ffi.unpack(self._lens, n)
