@@ -253,23 +253,26 @@ async def _main(args) -> None:
         interface=args.interface,
         ttl=args.ttl,
     )
-    async with publisher:
+    deadline = None if seconds is None else began + seconds
+    task = None
+    try:
+        await publisher.start()
         task = asyncio.ensure_future(publisher.publish())
-        deadline = None if seconds is None else began + seconds
-        try:
-            await asyncio.wait_for(asyncio.shield(task), _left(deadline))
-            print("session published; serving retransmissions", flush=True)
-            if deadline is None:
-                await asyncio.Event().wait()  # until Ctrl-C
-            else:
-                await asyncio.sleep(_left(deadline))
-        except TimeoutError:
-            pass
-        finally:
+        await asyncio.wait_for(asyncio.shield(task), _left(deadline))
+        print("session published; serving retransmissions", flush=True)
+        if deadline is None:
+            await asyncio.Event().wait()  # until Ctrl-C
+        else:
+            await asyncio.sleep(_left(deadline))
+    except TimeoutError:
+        pass
+    finally:
+        if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            print(" ".join(f"{k}={v}" for k, v in publisher.counters().items()), flush=True)
+        publisher.close()
+        print(" ".join(f"{k}={v}" for k, v in publisher.counters().items()), flush=True)
 
 
 def main(argv=None) -> None:
