@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import socket
-import struct
 import time
 
 import aiolowlat
@@ -29,6 +27,7 @@ from aiolowlat.protocols.itch_feed import ItchFeedHandler
 from aiolowlat.protocols.sequencer import Sequencer
 from aiolowlat.sim import ItchFeed, LineImpairment
 from aiolowlat.sim.itch_publisher import ItchPublisher
+from aiolowlat.transports import open_datagram_endpoint
 
 GROUPS = (("239.1.1.1", 30001), ("239.1.1.2", 30002))
 SHOWN = ("delivered", "gaps", "requested", "retransmitted", "unrecoverable", "duplicates",
@@ -44,27 +43,13 @@ def _is_multicast(host: str) -> bool:
     return ipaddress.ip_address(host).is_multicast
 
 
-# ---- FALLBACK: replace with aiolowlat.transports.open_datagram_endpoint once it lands ----
 async def open_line(protocol_factory, local_addr, *, transport="kernel", interface=None):
     """One line's endpoint, joined to ``local_addr``'s group when it is multicast."""
-    if transport != "kernel":
-        raise SystemExit("--transport uring needs aiolowlat.transports (not available yet)")
-    host, port = local_addr
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((host, port))
-        if _is_multicast(host):
-            index = socket.if_nametoindex(interface) if interface else 0
-            mreqn = struct.pack("4s4si", socket.inet_aton(host), bytes(4), index)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-    except BaseException:
-        sock.close()
-        raise
-    loop = asyncio.get_running_loop()
-    return await loop.create_datagram_endpoint(protocol_factory, sock=sock)
-# ---- end of FALLBACK ----
+    groups = (local_addr[0],) if _is_multicast(local_addr[0]) else ()
+    return await open_datagram_endpoint(
+        protocol_factory, transport=transport, local_addr=local_addr, groups=groups,
+        interface=interface, rcvbuf=4 << 20, timestamps=True,
+    )  # fmt: skip
 
 
 def _price(value) -> str:

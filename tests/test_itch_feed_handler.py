@@ -2,38 +2,46 @@
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import run
 
+import aiolowlat
 from aiolowlat.protocols.book import BookBuilder
 from aiolowlat.protocols.itch import ItchDecoder
 from aiolowlat.protocols.itch_feed import ItchFeedHandler
 from aiolowlat.protocols.moldudp64 import decode_packet, encode_packet, encode_request
-from aiolowlat.protocols.sequencer import Sequencer
+from aiolowlat.protocols.sequencer import EndOfSession, FeedState, Sequencer, StateChanged
 from aiolowlat.sim import ItchFeed, LineImpairment
 from aiolowlat.sim.itch_feed import message_count
 from aiolowlat.sim.itch_publisher import ItchPublisher
+from aiolowlat.transports import open_datagram_endpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "itch_multicast_vwap.py")
 # Seed 25's 1 % schedules lose one packet on both lines, so recovery needs the server.
 SEED = 25
 ONE_PERCENT = LineImpairment(loss=0.01, reorder=0.01, duplicate=0.01)
 
 
-async def open_line(protocol_factory):
-    """A line endpoint on an ephemeral 127.0.0.1 port; returns (transport, port).
+@pytest.fixture(params=["kernel", "uring"])
+def transport(request, loop):
+    """The line transport; uring needs the aiolowlat loop."""
+    if request.param == "uring" and not isinstance(loop, aiolowlat.Loop):
+        pytest.skip("the uring transport runs on the aiolowlat loop only")
+    return request.param
 
-    Fallback until aiolowlat.transports.open_datagram_endpoint lands: then this becomes
-    open_datagram_endpoint(protocol_factory, transport="kernel", local_addr=...).
-    """
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(
-        protocol_factory, local_addr=("127.0.0.1", 0)
+
+async def open_line(protocol_factory, transport):
+    """A line endpoint on an ephemeral 127.0.0.1 port; returns (transport, port)."""
+    endpoint, _ = await open_datagram_endpoint(
+        protocol_factory, transport=transport, local_addr=("127.0.0.1", 0), timestamps=True
     )
-    return transport, transport.get_extra_info("sockname")[1]
+    return endpoint, endpoint.get_extra_info("sockname")[1]
 
 
 def reference_snapshot(messages):
@@ -60,11 +68,11 @@ def new_handler(feed, **options):
     return ItchFeedHandler(sequencer, tick_interval=0.002)
 
 
-async def publish_to(handler, feed, *, impairment, serve_requests):
+async def publish_to(handler, feed, transport, *, impairment, serve_requests):
     """Open both lines, publish the whole session, wait for its end; returns the publisher."""
     ports = {}
     for line in "AB":
-        _, ports[line] = await open_line(lambda line=line: handler.protocol(line))
+        _, ports[line] = await open_line(lambda line=line: handler.protocol(line), transport)
     publisher = ItchPublisher(
         feed,
         {line: ("127.0.0.1", port) for line, port in ports.items()},
@@ -87,10 +95,13 @@ async def publish_to(handler, feed, *, impairment, serve_requests):
     return publisher
 
 
-def test_impaired_lines_with_retransmissions_rebuild_the_lossless_book(loop):
+def test_impaired_lines_with_retransmissions_rebuild_the_lossless_book(loop, transport):
     feed = ItchFeed(seed=SEED, events=3000, heartbeat_every=20)
     handler = new_handler(feed)
-    publisher = run(loop, publish_to(handler, feed, impairment=ONE_PERCENT, serve_requests=True))
+    events = []
+    handler.on_event = events.append
+    opened = publish_to(handler, feed, transport, impairment=ONE_PERCENT, serve_requests=True)
+    publisher = run(loop, opened)
     assert lost_on_both_lines(publisher)  # the seed does make the server necessary
     sequencer = handler.sequencer
     assert sequencer.delivered == len(feed.messages)
@@ -102,14 +113,17 @@ def test_impaired_lines_with_retransmissions_rebuild_the_lossless_book(loop):
     for line in "AB":  # the kernel may drop more than the schedule on a busy host, not less
         assert sequencer.lines[line].losses >= publisher.reports[line].dropped_messages > 0
     assert sequencer.duplicates > 0
+    assert events[0] == StateChanged(FeedState.INITIAL, FeedState.LIVE)
+    assert events[-1] == EndOfSession(len(feed.messages) + 1)
     assert handler.vwap("AAPL") is not None and handler.top("AAPL").bid_price is not None
 
 
-def test_without_a_request_server_gaps_are_reported_with_their_ranges(loop):
+def test_without_a_request_server_gaps_are_reported_with_their_ranges(loop, transport):
     feed = ItchFeed(seed=3, events=1000, heartbeat_every=20)
     handler = new_handler(feed)
     heavy = LineImpairment(loss=0.2, reorder=0.05)
-    publisher = run(loop, publish_to(handler, feed, impairment=heavy, serve_requests=False))
+    opened = publish_to(handler, feed, transport, impairment=heavy, serve_requests=False)
+    publisher = run(loop, opened)
     expected = lost_on_both_lines(publisher)
     assert expected
     reported = [s for first, last in handler.gaps for s in range(first, last + 1)]
@@ -119,7 +133,7 @@ def test_without_a_request_server_gaps_are_reported_with_their_ranges(loop):
     assert handler.end_of_session == len(feed.messages) + 1
 
 
-def test_malformed_datagrams_are_counted_drops(loop):
+def test_malformed_datagrams_are_counted_drops(loop, transport):
     feed = ItchFeed(seed=1, events=100)
     errors = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
@@ -128,7 +142,7 @@ def test_malformed_datagrams_are_counted_drops(loop):
 
     async def main():
         handler = new_handler(feed)
-        transport, port = await open_line(lambda: handler.protocol("A"))
+        _, port = await open_line(lambda: handler.protocol("A"), transport)
         publisher = ItchPublisher(feed, {}, request_addr=("127.0.0.1", 0))
         async with publisher:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
@@ -161,9 +175,23 @@ def _nonblocking(sock):
 
 def test_example_runs_and_prints_books():
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "itch_multicast_vwap.py"), "--seconds", "2"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [sys.executable, EXAMPLE, "--seconds", "2"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "AAPL" in result.stdout and "vwap" in result.stdout
     assert "delivered=" in result.stdout
+
+
+def test_example_shuts_down_cleanly_on_ctrl_c():
+    with subprocess.Popen([sys.executable, EXAMPLE], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+        try:
+            for _ in range(100):  # bounded: wait for the first report
+                if process.stdout.readline().startswith("["):
+                    break
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "done:" in out
