@@ -95,11 +95,9 @@ async def demo(args) -> None:
         await handler.connect_requests(request)
         print(f"loop={type(asyncio.get_running_loop()).__module__} transport={args.transport} "
               f"lines={lines} requests={request}", flush=True)  # fmt: skip
-        for _ in range(10**9):  # one report a second until --seconds or Ctrl-C
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            await asyncio.sleep(1.0 if left is None else min(1.0, left))
+        while deadline is None or time.monotonic() < deadline:  # a report a second
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            await asyncio.sleep(max(0.0, min(1.0, left)))
             report(handler, time.monotonic() - started)
     finally:
         handler.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import struct
 import time
@@ -31,17 +30,11 @@ _PACE = 0.001  # shortest sleep between bursts: pacing costs ~1,000 wake-ups/s, 
 _MAX_BURST = 1024  # datagrams per wake-up, so a late loop catches up without starving others
 
 
-def _is_multicast(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_multicast
-    except ValueError:
-        return False
-
-
 def multicast_send_socket(
     interface: str | None = None, *, ttl: int = 1, loopback: bool = True
 ) -> socket.socket:
-    """A non-blocking UDP socket set up to send multicast on ``interface`` (name or IPv4)."""
+    """A non-blocking UDP socket set up to send multicast on ``interface`` (name or IPv4);
+    the options only apply to multicast destinations, so it sends unicast as well."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
