@@ -138,6 +138,7 @@ def test_malformed_datagrams_are_counted_drops(loop, transport):
     errors = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
     garbage = [b"", b"x", bytes(19), encode_packet(feed.session, 1, [b"S"])[:-1] + b"\xff\xff"]
+    framed_junk = [encode_packet(b"OTHER", 1, [b"S"]), encode_packet(feed.session, 1, [b"A\0"])]
     bad_requests = [b"", b"short", bytes(20), encode_request(feed.session, 1, 5) + b"!"]
 
     async def main():
@@ -146,14 +147,14 @@ def test_malformed_datagrams_are_counted_drops(loop, transport):
         publisher = ItchPublisher(feed, {}, request_addr=("127.0.0.1", 0))
         async with publisher:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
-                for data in garbage:
+                for data in garbage + framed_junk:
                     raw.sendto(data, ("127.0.0.1", port))
                 for data in bad_requests:
                     raw.sendto(data, publisher.request_address)
                 raw.sendto(encode_request(feed.session, 1, 3), publisher.request_address)
                 answer = decode_packet(await loop.sock_recv(_nonblocking(raw), 2048))
             for _ in range(500):  # bounded wait for the handler's datagrams
-                if handler.sequencer.lines["A"].packets >= len(garbage):
+                if handler.sequencer.lines["A"].packets >= len(garbage + framed_junk):
                     break
                 await asyncio.sleep(0.01)
         handler.close()
@@ -161,8 +162,10 @@ def test_malformed_datagrams_are_counted_drops(loop, transport):
         return handler, publisher, answer
 
     handler, publisher, answer = run(loop, main())
-    assert handler.sequencer.lines["A"].malformed == len(garbage)
-    assert handler.sequencer.delivered == 0 and handler.counters()["malformed"] == len(garbage)
+    assert handler.sequencer.lines["A"].malformed == len(garbage) + 1  # the line counts both
+    counters = handler.counters()
+    assert counters["malformed"] == len(garbage) and counters["wrong_session"] == 1
+    assert counters["delivered"] == 1 and counters["itch_malformed"] == 1  # a cut-off 'A'
     assert publisher.server.malformed == len(bad_requests)
     assert (answer.sequence, len(answer.messages)) == (1, 3)  # still serving after the junk
     assert not errors
