@@ -127,15 +127,23 @@ async def start_publisher(args, lines, deadline) -> ItchPublisher:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="stop after N seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after N seconds (default: run until Ctrl-C)",
+    )
     parser.add_argument("--loop", choices=["aiolowlat", "uvloop", "asyncio"], default="aiolowlat")
     parser.add_argument("--transport", choices=["kernel", "uring"], default="kernel")
-    parser.add_argument("--multicast", action="store_true",
-                        help="embedded simulator on groups 239.1.1.1:30001 / 239.1.1.2:30002")
+    parser.add_argument(
+        "--multicast",
+        action="store_true",
+        help="embedded simulator on groups 239.1.1.1:30001 / 239.1.1.2:30002",
+    )
     parser.add_argument("--interface", default=None, help="multicast interface, e.g. lo")
-    parser.add_argument("--feed", default=None,
-                        help="external publisher: A_HOST:PORT,B_HOST:PORT,REQUEST_HOST:PORT")
+    parser.add_argument(
+        "--feed", default=None, help="external publisher: A_HOST:PORT,B_HOST:PORT,REQUEST_HOST:PORT"
+    )
     parser.add_argument("--rate", type=float, default=20_000, help="simulator messages/s")
     parser.add_argument("--events", type=int, default=0, help="simulator session size")
     parser.add_argument("--seed", type=int, default=1)

@@ -277,14 +277,22 @@ def main(argv=None) -> None:
     parser.add_argument("--interface", default=None, help="multicast interface (name or IPv4)")
     parser.add_argument("--ttl", type=int, default=1)
     parser.add_argument("--rate", type=float, default=50_000, help="messages per second")
-    parser.add_argument("--events", type=int, default=0,
-                        help="order-flow events (default: rate x seconds, at most 200,000)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=0,
+        help="order-flow events (default: rate x seconds, at most 200,000)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loss", type=float, default=0.0, help="per-line packet loss")
     parser.add_argument("--reorder", type=float, default=0.0)
     parser.add_argument("--duplicate", type=float, default=0.0)
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="stop after N seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after N seconds (default: run until Ctrl-C)",
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))
