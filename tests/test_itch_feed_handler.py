@@ -10,7 +10,6 @@ import sys
 import pytest
 from conftest import run
 
-import aiolowlat
 from aiolowlat.protocols.book import BookBuilder
 from aiolowlat.protocols.itch import ItchDecoder
 from aiolowlat.protocols.itch_feed import ItchFeedHandler
@@ -28,12 +27,12 @@ SEED = 25
 ONE_PERCENT = LineImpairment(loss=0.01, reorder=0.01, duplicate=0.01)
 
 
-@pytest.fixture(params=["kernel", "uring"])
-def transport(request, loop):
-    """The line transport; uring needs the aiolowlat loop."""
-    if request.param == "uring" and not isinstance(loop, aiolowlat.Loop):
-        pytest.skip("the uring transport runs on the aiolowlat loop only")
-    return request.param
+# Every loop with the kernel transport, and the uring transport on the loop it runs on:
+# only combinations that must work are generated (nothing is skipped).
+over_loops_and_transports = pytest.mark.parametrize(
+    "loop, transport",
+    [("asyncio", "kernel"), ("uvloop", "kernel"), ("aiolowlat", "kernel"), ("aiolowlat", "uring")],
+    indirect=["loop"])
 
 
 async def open_line(protocol_factory, transport):
@@ -95,6 +94,7 @@ async def publish_to(handler, feed, transport, *, impairment, serve_requests):
     return publisher
 
 
+@over_loops_and_transports
 def test_impaired_lines_with_retransmissions_rebuild_the_lossless_book(loop, transport):
     feed = ItchFeed(seed=SEED, events=3000, heartbeat_every=20)
     handler = new_handler(feed)
@@ -118,6 +118,7 @@ def test_impaired_lines_with_retransmissions_rebuild_the_lossless_book(loop, tra
     assert handler.vwap("AAPL") is not None and handler.top("AAPL").bid_price is not None
 
 
+@over_loops_and_transports
 def test_without_a_request_server_gaps_are_reported_with_their_ranges(loop, transport):
     feed = ItchFeed(seed=3, events=1000, heartbeat_every=20)
     handler = new_handler(feed)
@@ -133,6 +134,7 @@ def test_without_a_request_server_gaps_are_reported_with_their_ranges(loop, tran
     assert handler.end_of_session == len(feed.messages) + 1
 
 
+@over_loops_and_transports
 def test_malformed_datagrams_are_counted_drops(loop, transport):
     feed = ItchFeed(seed=1, events=100)
     errors = []

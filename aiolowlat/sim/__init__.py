@@ -11,12 +11,15 @@ from .itch_feed import (
     packetize,
     schedule_line,
 )
+from .itch_publisher import ItchPublisher, RetransmissionServer
 
 __all__ = [
     "Datagram",
     "ItchFeed",
+    "ItchPublisher",
     "LineImpairment",
     "LineReport",
+    "RetransmissionServer",
     "RetransmissionStore",
     "generate_session",
     "merge_lines",
