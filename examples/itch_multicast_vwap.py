@@ -134,7 +134,8 @@ def main() -> None:
         help="stop after N seconds (default: run until Ctrl-C)",
     )
     parser.add_argument("--loop", choices=["aiolowlat", "uvloop", "asyncio"], default="aiolowlat")
-    parser.add_argument("--transport", choices=["kernel", "uring"], default="kernel")
+    parser.add_argument("--transport", choices=["kernel", "uring"], default=None,
+                        help="default: uring on the aiolowlat loop, kernel on the others")
     parser.add_argument(
         "--multicast",
         action="store_true",
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.01, help="simulator loss per line")
     parser.add_argument("--reorder", type=float, default=0.01)
     args = parser.parse_args()
+    if args.transport is None:
+        args.transport = "uring" if args.loop == "aiolowlat" else "kernel"
     if args.transport == "uring" and args.loop != "aiolowlat":
         parser.error("--transport uring needs --loop aiolowlat")
     coro = demo(args)
