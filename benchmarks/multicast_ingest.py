@@ -1,11 +1,12 @@
 """Market-data ingest: MoldUDP64/ITCH datagrams per transport, loop and delivery path.
 
-Throughput ("ingest"): the receiver's socket buffer is filled with a burst of real
+Throughput: the receiver's socket buffer is filled with a burst of real
 MoldUDP64/ITCH packets before the endpoint is opened on it (so none is lost to
 scheduling), then the drain is timed from the endpoint's creation; every message
 must arrive. Each
-case counts ITCH messages from the MoldUDP64 headers ("count") or also decodes
-every message into typed ITCH objects ("decode").
+case counts ITCH messages from the MoldUDP64 headers ("count"), decodes every
+message into typed ITCH objects in Python ("decode"), or decodes them in C into
+reusable records ("decode_c", aiolowlat.protocols.itch_native).
 
 Latency ("one_way"): a publisher process on the same core sends packets stamped
 with time.time_ns(); the receiver records callback time minus send time.
@@ -27,6 +28,7 @@ import time
 
 import aiolowlat
 from aiolowlat.protocols.itch import ItchDecoder
+from aiolowlat.protocols.itch_native import NativeItchDecoder
 from aiolowlat.protocols.moldudp64 import decode_packet
 from aiolowlat.sim.itch_feed import generate_session, packetize
 from aiolowlat.transports import open_datagram_endpoint, open_udp_socket
@@ -57,14 +59,16 @@ class Counter(asyncio.DatagramProtocol):
 
     def __init__(self, want, decode):
         self.want, self.messages, self.done = want, 0, asyncio.Event()
-        self.decoder = ItchDecoder() if decode else None
-        self.latencies = []
+        self.decoder = ItchDecoder() if decode == "python" else None
+        self.native = NativeItchDecoder() if decode == "c" else None
 
     def datagram_received(self, data, addr):
         self._take(data)
 
     def _take(self, data):
-        if self.decoder is None:
+        if self.native is not None:
+            self.messages += self.native.decode_packet(data)
+        elif self.decoder is None:
             self.messages += _COUNT.unpack_from(data, 18)[0]
         else:
             decode = self.decoder.decode
@@ -165,7 +169,8 @@ def run_case(case, what, settings, packets, want):
         if what == "one_way":
             coro = one_way(case, settings.latency_count)
         else:
-            coro = ingest(case, packets, want, what == "decode", settings.rounds)
+            decode = {"count": None, "decode": "python", "decode_c": "c"}[what]
+            coro = ingest(case, packets, want, decode, settings.rounds)
         return loop.run_until_complete(asyncio.wait_for(coro, 120))
     except Exception as exc:  # one broken case must not stop the run
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -187,7 +192,7 @@ def main(argv=None):
     packets = packetize(messages, "BENCH00001", end_of_session_packets=0)
     want = sum(_COUNT.unpack_from(p, 18)[0] for p in packets)
     rows = []
-    for what in ("count", "decode", "one_way"):
+    for what in ("count", "decode", "decode_c", "one_way"):
         for case in CASES:
             if what == "one_way" and case[3] == "batch" and case[2] == "kernel" \
                     and case[1] == "asyncio":

@@ -17,12 +17,13 @@ def _cdef_from_header(path: pathlib.Path) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_from_header(CSRC / "uring.h") + _cdef_from_header(CSRC / "dgram.h"))
+HEADERS = ("uring.h", "dgram.h", "itch.h")
+ffibuilder.cdef("".join(_cdef_from_header(CSRC / name) for name in HEADERS))
 ffibuilder.set_source(
     "aiolowlat._native._uring",
-    '#include "uring.h"\n#include "dgram.h"',
+    "".join(f'#include "{name}"\n' for name in HEADERS),
     # setuptools wants paths relative to setup.py, which is where cffi runs this.
-    sources=["csrc/uring.c", "csrc/dgram.c"],
+    sources=["csrc/uring.c", "csrc/dgram.c", "csrc/itch.c"],
     include_dirs=["csrc"],
     libraries=["uring"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
