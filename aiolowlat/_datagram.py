@@ -41,6 +41,19 @@ def pack_sockaddr(family: int, address) -> bytes:
         + struct.pack("=I", scope_id)
 
 
+def call_protocol(transport, callback, *args):
+    """As asyncio's datagram transport: a protocol's exception is reported and the
+    endpoint stays open (a feed must not stop on one bad callback)."""
+    try:
+        callback(*args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        transport._loop.call_exception_handler({
+            "message": f"Exception in {callback.__qualname__}", "exception": exc,
+            "transport": transport, "protocol": transport._protocol})
+
+
 def unpack_sockaddr(raw: bytes):
     """A kernel sockaddr as the address tuple (or path) socket.recvfrom returns."""
     if len(raw) < 2:
@@ -107,16 +120,7 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
             self._call(self._protocol.datagrams_received, batch)
 
     def _call(self, callback, *args):
-        """As asyncio's datagram transport: a protocol's exception is reported and the
-        endpoint stays open (a feed must not stop on one bad callback)."""
-        try:
-            callback(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": f"Exception in {callback.__qualname__}", "exception": exc,
-                "transport": self, "protocol": self._protocol})
+        call_protocol(self, callback, *args)
 
     def _deliver_stashed(self, item):
         if self._batched:

@@ -11,7 +11,7 @@ import collections
 import os
 from asyncio import transports
 
-from .._datagram import NAME_SPACE, unpack_sockaddr
+from .._datagram import NAME_SPACE, call_protocol, unpack_sockaddr
 from .._native import ffi, lib
 
 _BATCH = 64
@@ -76,15 +76,7 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
                 self._call(self._protocol.datagram_received, data, addr)
 
     def _call(self, callback, *args):
-        """A protocol callback; its exception is reported and the rest of the batch goes on."""
-        try:
-            callback(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": f"Exception in {callback.__qualname__}", "exception": exc,
-                "transport": self, "protocol": self._protocol})
+        call_protocol(self, callback, *args)  # reported; the rest of the batch goes on
 
     def _collect(self, n, batch):
         lens = ffi.unpack(self._lens, n)
