@@ -52,7 +52,7 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
                                       rcvbuf_force=rcvbuf_force, timestamps=timestamps)
     else:
         sock.setblocking(False)
-        extra = {"timestamps": "caller's socket" if timestamps else None}
+        extra = {"timestamps": timestamps}  # the caller set the socket up accordingly
     try:
         protocol = protocol_factory()
         endpoint = factory(loop, sock, protocol, extra)

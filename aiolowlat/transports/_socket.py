@@ -82,13 +82,12 @@ def set_receive_buffer(sock, size: int, force: bool = False) -> int:
     return granted
 
 
-def enable_timestamps(sock) -> str:
+def enable_timestamps(sock) -> None:
     """Kernel receive timestamps on every datagram: hardware ones where the NIC stamps
     packets (SO_TIMESTAMPING raw hardware), software ones always."""
     flags = (SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
              | SOF_TIMESTAMPING_RX_HARDWARE | SOF_TIMESTAMPING_RAW_HARDWARE)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
-    return "software+hardware-if-offered"
 
 
 def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse_port=True,
@@ -112,7 +111,9 @@ def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse
             sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         if rcvbuf:
             extra["rcvbuf"] = set_receive_buffer(sock, rcvbuf, rcvbuf_force)
-        extra["timestamps"] = enable_timestamps(sock) if timestamps else None
+        if timestamps:
+            enable_timestamps(sock)
+        extra["timestamps"] = timestamps
         sock.bind((host, port))
         for group in groups:
             join_group(sock, group, interface, source)

@@ -144,8 +144,9 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def abort(self):
         self._out.clear()
         self._loop.remove_writer(self._fd)
-        self._closing = False
-        self.close()
+        self._closing = True
+        self.pause_reading()
+        self._finish()
 
     def _finish(self):
         if not self._lost:

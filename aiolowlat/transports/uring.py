@@ -14,4 +14,4 @@ def make_transport(loop, sock, protocol, extra):
             f"{type(loop).__name__}: run with aiolowlat.run() or aiolowlat.install(), "
             "or use transport='kernel'")
     return UringDatagramTransport(loop, sock, protocol, extra=extra,
-                                  timestamps=extra.get("timestamps") is not None)
+                                  timestamps=extra["timestamps"])
