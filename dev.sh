@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(gcc pkg-config liburing-dev iproute2)
+APT_PACKAGES=(gcc pkg-config liburing-dev iproute2
+    libxdp-dev libbpf-dev xdp-tools dpdk dpdk-dev libdpdk-dev)
 VENV=.venv
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -1,4 +1,9 @@
-# cffi API mode: the C core in csrc/ is compiled into aiolowlat._native._uring at install.
+# cffi API mode: each C component in csrc/ is compiled into a module of aiolowlat._native
+# at install (one build script per module, see aiolowlat/_native/build.py).
 from setuptools import setup
 
-setup(cffi_modules=["aiolowlat/_native/build.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "aiolowlat/_native/build.py:ffibuilder",
+    ]
+)
