@@ -5,5 +5,6 @@ from setuptools import setup
 setup(
     cffi_modules=[
         "aiolowlat/_native/build.py:ffibuilder",
+        "aiolowlat/_native/build_ws.py:ffibuilder",
     ]
 )
