@@ -40,6 +40,16 @@ int64_t al_rx_time(const void *control, size_t len)
     return 0;
 }
 
+int64_t al_rx_time_or_now(const void *control, size_t len)
+{
+    int64_t stamp = al_rx_time(control, len);
+    if (stamp)
+        return stamp;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return ts_ns(&now);
+}
+
 int al_recv_batch(int fd, unsigned char *buf, unsigned slot, int max, int32_t *lens,
                   int64_t *stamps, unsigned char *names, uint32_t *namelens)
 {
@@ -65,8 +75,12 @@ int al_recv_batch(int fd, unsigned char *buf, unsigned slot, int max, int32_t *l
     for (int i = 0; i < n; i++) {
         const struct msghdr *h = &msgs[i].msg_hdr;
         lens[i] = (h->msg_flags & MSG_TRUNC) ? -(int32_t)msgs[i].msg_len : (int32_t)msgs[i].msg_len;
-        stamps[i] = al_rx_time(h->msg_control, h->msg_controllen);
-        namelens[i] = h->msg_namelen;
+        stamps[i] = al_rx_time_or_now(h->msg_control, h->msg_controllen);
+        /* A feed has one sender: 0 says "as the previous datagram", so the caller
+         * decodes an address once per batch rather than once per datagram. */
+        namelens[i] = i > 0 && h->msg_namelen == msgs[i - 1].msg_hdr.msg_namelen &&
+                      memcmp(h->msg_name, msgs[i - 1].msg_hdr.msg_name, h->msg_namelen) == 0
+                          ? 0 : h->msg_namelen;
     }
     return n;
 }

@@ -552,7 +552,7 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out
             post(o, c->token, AL_EV_DGRAM, io_uring_recvmsg_payload_length(m, r, &c->rmsg),
                  (uint64_t)(payload - l->pool) | namelen << 40);
             if (c->rmsg.msg_controllen)
-                o->stamps[o->n - 1] = al_rx_time(
+                o->stamps[o->n - 1] = al_rx_time_or_now(
                     (unsigned char *)io_uring_recvmsg_name(m) + c->rmsg.msg_namelen, m->controllen);
         }
     } else if (r > 0) {

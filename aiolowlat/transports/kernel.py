@@ -82,16 +82,37 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         lens = ffi.unpack(self._lens, n)
         stamps = ffi.unpack(self._stamps, n)
         namelens = ffi.unpack(self._namelens, n)
-        view, names, slot = self._view, self._names_view, self._slot
-        for i in range(n):
-            if lens[i] < 0:
-                self.truncated += 1
-                continue
-            raw = names[i * NAME_SPACE:i * NAME_SPACE + namelens[i]].tobytes()
-            addr = self._peers.get(raw)
-            if addr is None:
-                addr = self._peers[raw] = unpack_sockaddr(raw)
-            batch.append((view[i * slot:i * slot + lens[i]].tobytes(), addr, stamps[i]))
+        view, slot = self._view, self._slot
+        if min(lens) < 0:  # rare: drop and count what a slot could not hold
+            self.truncated += sum(1 for length in lens if length < 0)
+            kept = [i for i in range(n) if lens[i] >= 0]
+            addrs = self._addrs(namelens)
+            batch.extend((view[i * slot:i * slot + lens[i]].tobytes(), addrs[i], stamps[i])
+                         for i in kept)
+            return
+        # Comprehensions over zip: the per-datagram work stays in C where it can.
+        datas = [view[at:at + length].tobytes()
+                 for at, length in zip(range(0, n * slot, slot), lens)]
+        batch.extend(zip(datas, self._addrs(namelens), stamps))
+
+    def _addrs(self, namelens):
+        """Source address per datagram; a namelen of 0 repeats the previous one."""
+        n = len(namelens)
+        if namelens.count(0) == n - 1:  # one sender, the usual feed: decode once
+            return [self._peer(0, namelens[0])] * n
+        addrs, addr = [], None
+        for i, namelen in enumerate(namelens):
+            if namelen:
+                addr = self._peer(i, namelen)
+            addrs.append(addr)
+        return addrs
+
+    def _peer(self, i, namelen):
+        raw = self._names_view[i * NAME_SPACE:i * NAME_SPACE + namelen].tobytes()
+        addr = self._peers.get(raw)
+        if addr is None:
+            addr = self._peers[raw] = unpack_sockaddr(raw)
+        return addr
 
     # -- writing (retransmission requests and the like: rare, small) --
 
