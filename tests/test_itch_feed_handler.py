@@ -1,4 +1,5 @@
-"""The ITCH feed handler over real UDP on 127.0.0.1: publisher -> A/B lines -> books."""
+"""The ITCH feed handler over real UDP, on 127.0.0.1 and across a veth pair between two
+network namespaces: publisher -> A/B lines -> books."""
 
 import asyncio
 import os
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 from conftest import run
+from netns import VethPair, in_netns
 
 from aiolowlat.protocols.book import BookBuilder
 from aiolowlat.protocols.itch import ItchDecoder
@@ -18,7 +20,7 @@ from aiolowlat.protocols.sequencer import EndOfSession, FeedState, Sequencer, St
 from aiolowlat.sim import ItchFeed, LineImpairment
 from aiolowlat.sim.itch_feed import message_count
 from aiolowlat.sim.itch_publisher import ItchPublisher
-from aiolowlat.transports import open_datagram_endpoint
+from aiolowlat.transports import open_datagram_endpoint, open_udp_socket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "itch_multicast_vwap.py")
@@ -205,3 +207,63 @@ def test_example_shuts_down_cleanly_on_ctrl_c():
             process.kill()
     assert process.returncode == 0, err
     assert "done:" in out
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with VethPair() as pair:
+        yield pair
+
+
+def _line_socket(group, port, interface):
+    return open_udp_socket((group, port), groups=[group], interface=interface, rcvbuf=4 << 20)[0]
+
+
+def _request_socket(server):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(server)
+    sock.setblocking(False)
+    return sock
+
+
+@over_loops_and_transports
+def test_feed_across_veth_from_the_publisher_in_another_namespace(loop, transport, hosts):
+    """The CLI publisher multicasts from the exchange's namespace over a veth pair; the
+    handler in the other joins both groups there, recovers through the request server and
+    ends with the lossless book."""
+    seed = 30  # the CLI's packets (no heartbeats) with this seed lose one on both lines
+    feed = ItchFeed(seed=seed, events=3000)  # what the CLI generates for this seed
+    groups = {"A": ("239.1.1.1", 30001), "B": ("239.1.1.2", 30002)}
+    handler = new_handler(feed)
+
+    async def main():
+        for line, (group, port) in groups.items():
+            sock = in_netns(hosts.b, _line_socket, group, port, hosts.dev_b)
+            await open_datagram_endpoint(lambda line=line: handler.protocol(line),
+                                         transport=transport, sock=sock)
+        request = in_netns(hosts.b, _request_socket, (hosts.addr_a, 30003))
+        await loop.create_datagram_endpoint(handler.request_protocol, sock=request)
+        publisher = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", hosts.a, sys.executable, "-m", "aiolowlat.sim.itch_publisher",
+            "--group-a", "239.1.1.1:30001", "--group-b", "239.1.1.2:30002",
+            "--interface", hosts.dev_a, "--request-host", hosts.addr_a, "--request-port", "30003",
+            "--seed", str(seed), "--events", "3000", "--rate", "100000",
+            "--loss", "0.01", "--reorder", "0.01", "--duplicate", "0.01", "--seconds", "30",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await handler.wait_end()
+        finally:
+            publisher.terminate()
+            await publisher.wait()
+        handler.close()
+        await asyncio.sleep(0)
+
+    run(loop, main(), timeout=40)
+    sequencer = handler.sequencer
+    assert handler.end_of_session == len(feed.messages) + 1
+    assert not handler.gaps and sequencer.unrecoverable == 0
+    assert sequencer.delivered == len(feed.messages)
+    assert handler.builder.snapshot() == reference_snapshot(feed.messages)
+    assert sequencer.retransmitted > 0 and sequencer.duplicates > 0  # both impairments crossed
+    for line in "AB":
+        assert sequencer.lines[line].losses > 0
