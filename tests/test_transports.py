@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import struct
+import subprocess
 import time
 import warnings
 
@@ -14,6 +15,8 @@ import aiolowlat
 from aiolowlat.transports import (
     SocketBufferWarning,
     TransportUnavailableError,
+    enable_nic_timestamps,
+    nic_timestamping,
     open_datagram_endpoint,
     open_udp_socket,
 )
@@ -146,8 +149,11 @@ def hosts():
 def test_multicast_across_veth(loop, hosts):
     async def main():
         for kind in _each_transport(loop):
-            rx = in_netns(hosts.b, lambda: open_udp_socket(
-                (GROUP, 0), groups=[GROUP], interface=hosts.dev_b, rcvbuf=1 << 20)[0])
+            rx, extra = in_netns(hosts.b, lambda: open_udp_socket(
+                (GROUP, 0), groups=[GROUP], interface=hosts.dev_b, rcvbuf=1 << 20))
+            # veth stamps in software only: said so, and every datagram still has a time
+            assert extra["hardware_timestamps"] is False
+            assert "offers no hardware receive timestamps" in extra["hardware_timestamps_detail"]
             port = rx.getsockname()[1]
             tr, proto = await open_datagram_endpoint(lambda: Batches(50), transport=kind, sock=rx)
             tx = in_netns(hosts.a, _sender, hosts.dev_a)
@@ -157,6 +163,7 @@ def test_multicast_across_veth(loop, hosts):
                 await asyncio.wait_for(proto.done.wait(), 5)
             got = proto.flat()
             assert [d for d, _, _ in got] == [b"tick %d" % i for i in range(50)]
+            assert all(rx_ns > 0 for _, _, rx_ns in got)
             assert {addr[0] for _, addr, _ in got} == {hosts.addr_a}
             tr.close()
 
@@ -229,3 +236,31 @@ def test_a_raising_callback_loses_no_other_datagram(loop):
             loop.set_exception_handler(None)
 
     run(loop, main())
+
+
+# ethtool -T's capability lines and the SOF_TIMESTAMPING_* bit each one shows.
+ETHTOOL_CAPABILITIES = {"hardware-transmit": 1 << 0, "software-transmit": 1 << 1,
+                        "hardware-receive": 1 << 2, "software-receive": 1 << 3,
+                        "software-system-clock": 1 << 4, "hardware-raw-clock": 1 << 6}
+
+
+@pytest.mark.parametrize("where", ["lo", "veth"])
+def test_nic_timestamping_reads_what_ethtool_shows(where, hosts):
+    namespace, interface = (None, "lo") if where == "lo" else (hosts.b, hosts.dev_b)
+    command = ["ethtool", "-T", interface]
+    if namespace:
+        command = ["ip", "netns", "exec", namespace, *command]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+    caps, phc_index, rx_filters = (in_netns(namespace, nic_timestamping, interface) if namespace
+                                   else nic_timestamping(interface))
+    for name, bit in ETHTOOL_CAPABILITIES.items():
+        assert bool(caps & bit) == (f"\t{name}" in shown), name
+    assert caps & (1 << 3)  # every Linux device stamps received packets in software
+    assert (phc_index == -1) == ("PTP Hardware Clock: none" in shown)
+    assert rx_filters == 0 and "Hardware Receive Filter Modes: none" in shown
+    enabled = (in_netns(namespace, enable_nic_timestamps, interface) if namespace
+               else enable_nic_timestamps(interface))
+    assert enabled == (False, f"{interface} offers no hardware receive timestamps (ethtool -T "
+                              f"{interface}); software ones are used")
+    with pytest.raises(OSError):
+        nic_timestamping("nosuch0")

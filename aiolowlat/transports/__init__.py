@@ -16,7 +16,14 @@ from __future__ import annotations
 import asyncio
 
 from . import kernel, uring
-from ._socket import SocketBufferWarning, join_group, leave_group, open_udp_socket
+from ._socket import (
+    SocketBufferWarning,
+    enable_nic_timestamps,
+    join_group,
+    leave_group,
+    nic_timestamping,
+    open_udp_socket,
+)
 from .errors import TransportUnavailableError
 
 TRANSPORTS = ("kernel", "uring", "af_xdp", "dpdk")
@@ -63,5 +70,6 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
     return endpoint, protocol
 
 
-__all__ = ["TRANSPORTS", "SocketBufferWarning", "TransportUnavailableError", "join_group",
-           "leave_group", "open_datagram_endpoint", "open_udp_socket"]
+__all__ = ["TRANSPORTS", "SocketBufferWarning", "TransportUnavailableError",
+           "enable_nic_timestamps", "join_group", "leave_group", "nic_timestamping",
+           "open_datagram_endpoint", "open_udp_socket"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import ipaddress
 import socket
 import struct
@@ -90,11 +93,62 @@ def enable_timestamps(sock) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
 
 
+# The NIC side of hardware stamps (linux/ethtool.h, linux/net_tstamp.h, linux/sockios.h).
+SIOCETHTOOL, SIOCGHWTSTAMP, SIOCSHWTSTAMP = 0x8946, 0x89B1, 0x89B0
+ETHTOOL_GET_TS_INFO = 0x41
+HWTSTAMP_FILTER_NONE, HWTSTAMP_FILTER_ALL = 0, 1
+_TS_INFO = struct.Struct("=IIiI3II3I")  # cmd so_timestamping phc_index tx_types .. rx_filters ..
+_HWTSTAMP_CONFIG = struct.Struct("=iii")  # flags tx_type rx_filter
+_HW_RX = SOF_TIMESTAMPING_RX_HARDWARE | SOF_TIMESTAMPING_RAW_HARDWARE
+
+
+def _nic_ioctl(sock, request: int, interface: str, data: ctypes.Array) -> None:
+    """An interface ioctl whose ifreq carries a pointer to ``data`` (filled in place)."""
+    ifreq = struct.pack("16sP16x", interface.encode()[:15], ctypes.addressof(data))
+    fcntl.ioctl(sock.fileno(), request, ifreq)
+
+
+def nic_timestamping(interface: str) -> tuple[int, int, int]:
+    """What ``ethtool -T`` shows: (SOF_TIMESTAMPING_* capabilities, PTP clock index or -1,
+    bit mask of the HWTSTAMP_FILTER_* receive filters). OSError for a bad interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        info = ctypes.create_string_buffer(_TS_INFO.pack(ETHTOOL_GET_TS_INFO, *[0] * 10))
+        _nic_ioctl(probe, SIOCETHTOOL, interface, info)
+    _, caps, phc_index, _, _, _, _, rx_filters, *_ = _TS_INFO.unpack_from(info.raw)
+    return caps, phc_index, rx_filters
+
+
+def enable_nic_timestamps(interface: str) -> tuple[bool, str]:
+    """Switch on the NIC's hardware receive stamps where it offers them (as ``hwstamp_ctl
+    -r 1`` does); returns (on, why). SO_TIMESTAMPING then hands them up with each datagram."""
+    try:
+        caps, _, rx_filters = nic_timestamping(interface)
+    except OSError as exc:
+        return False, f"{interface}: cannot read its timestamping capabilities ({exc.strerror})"
+    if caps & _HW_RX != _HW_RX or not rx_filters & (1 << HWTSTAMP_FILTER_ALL):
+        return False, (f"{interface} offers no hardware receive timestamps (ethtool -T "
+                       f"{interface}); software ones are used")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        config = ctypes.create_string_buffer(_HWTSTAMP_CONFIG.size)
+        try:
+            _nic_ioctl(probe, SIOCGHWTSTAMP, interface, config)
+            flags, tx_type, rx_filter = _HWTSTAMP_CONFIG.unpack_from(config.raw)
+            if rx_filter != HWTSTAMP_FILTER_NONE:
+                return True, f"{interface} already stamps received packets (filter {rx_filter})"
+            config.raw = _HWTSTAMP_CONFIG.pack(flags, tx_type, HWTSTAMP_FILTER_ALL)
+            _nic_ioctl(probe, SIOCSHWTSTAMP, interface, config)
+        except OSError as exc:
+            fix = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
+            return False, f"{interface}: enabling hardware timestamps failed: {exc.strerror}{fix}"
+        return True, f"{interface} stamps every received packet in hardware"
+
+
 def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse_port=True,
                     rcvbuf=None, rcvbuf_force=False, timestamps=True):
     """A non-blocking UDP socket bound to ``local_addr`` with the market-data options set.
 
-    Returns (socket, extra) where extra holds what took effect (rcvbuf, groups, timestamps).
+    Returns (socket, extra) where extra holds what took effect (rcvbuf, groups, timestamps,
+    and with an ``interface`` whether its NIC stamps in hardware, and why not).
     """
     host, port = local_addr[:2]
     family = socket.AF_INET6 if ipaddress.ip_address(host or "0.0.0.0").version == 6 \
@@ -113,6 +167,9 @@ def open_udp_socket(local_addr, *, groups=(), interface=None, source=None, reuse
             extra["rcvbuf"] = set_receive_buffer(sock, rcvbuf, rcvbuf_force)
         if timestamps:
             enable_timestamps(sock)
+            if interface:
+                extra["hardware_timestamps"], extra["hardware_timestamps_detail"] = \
+                    enable_nic_timestamps(interface)
         extra["timestamps"] = timestamps
         sock.bind((host, port))
         for group in groups:
