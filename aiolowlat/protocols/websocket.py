@@ -439,6 +439,10 @@ class ClientProtocol:
             raise
         return events
 
+    def commit(self, nbytes: int) -> None:
+        """``nbytes`` were written into ``get_buffer()``; the caller will ``scan()`` them."""
+        self._end += nbytes
+
     def receive_data(self, data) -> list:
         """Feed received bytes; returns the events they complete (see module doc)."""
         events: list = []
