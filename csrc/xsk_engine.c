@@ -1,0 +1,303 @@
+/* The AF_XDP driver of the bypass engine: libxdp's UMEM and XSK, copy mode, native XDP
+ * with a generic (SKB) fallback. RX frames go straight back to the fill ring once
+ * parsed (the payload is copied into the SPSC ring); TX frames come from a free list
+ * refilled from the completion ring. */
+#define _GNU_SOURCE
+#include "xsk_engine.h"
+
+#include <errno.h>
+#include <linux/if_link.h>
+#include <net/if.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <xdp/libxdp.h>
+#include <xdp/xsk.h>
+#include <bpf/libbpf.h>
+
+#include "bypass_engine.h"
+
+#ifndef SO_PREFER_BUSY_POLL
+#define SO_PREFER_BUSY_POLL 69
+#endif
+#ifndef SO_BUSY_POLL_BUDGET
+#define SO_BUSY_POLL_BUDGET 70
+#endif
+
+enum {
+    FRAMES = 4096,
+    FRAME_SIZE = 2048,
+    RX_FRAMES = FRAMES / 2,       /* frames 0..RX_FRAMES-1 cycle through fill and RX */
+    RING_SIZE = FRAMES / 2,       /* fill, completion, RX and TX rings */
+    EBUSY_RETRY_MS = 2000,        /* a queue just released by another XSK stays busy briefly */
+};
+
+struct xsk_drv {
+    void *area;
+    struct xsk_umem *umem;
+    struct xsk_socket *xsk;
+    struct xsk_ring_prod fq, tx;
+    struct xsk_ring_cons cq, rx;
+    int fd, ifindex;
+    uint64_t free_tx[FRAMES - RX_FRAMES];
+    uint32_t nfree;
+};
+
+static int read_mac(struct bp_engine *e, uint8_t *mac)
+{
+    struct ifreq ifr = {0};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return bp_fail(e, "socket: %s", strerror(errno));
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", e->cfg.ifname);
+    int rc = ioctl(fd, SIOCGIFHWADDR, &ifr);
+    close(fd);
+    if (rc)
+        return bp_fail(e, "cannot read the MAC of %s: %s", e->cfg.ifname, strerror(errno));
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    return 0;
+}
+
+/* Detach the XDP program on ifindex if it is libxdp's XSK redirect program (what a
+ * process that died without releasing its socket leaves behind). Returns 1 when
+ * detached, 0 when none is attached, -1 when it is someone else's, -2 on failure. */
+static int detach_xsk_program(int ifindex)
+{
+    struct xdp_multiprog *mp = xdp_multiprog__get_from_ifindex(ifindex);
+    if (!mp || libxdp_get_error(mp))
+        return 0;
+    int ours;
+    if (xdp_multiprog__is_legacy(mp)) {
+        struct xdp_program *main = xdp_multiprog__main_prog(mp);
+        ours = main && strcmp(xdp_program__name(main), "xsk_def_prog") == 0;
+    } else {
+        ours = 1;
+        for (struct xdp_program *p = xdp_multiprog__next_prog(NULL, mp); p;
+             p = xdp_multiprog__next_prog(p, mp))
+            ours &= strcmp(xdp_program__name(p), "xsk_def_prog") == 0;
+    }
+    int rc = !ours ? -1 : xdp_multiprog__detach(mp) ? -2 : 1;
+    xdp_multiprog__close(mp);
+    return rc;
+}
+
+static int clear_stale_program(struct bp_engine *e, int ifindex)
+{
+    int rc = detach_xsk_program(ifindex);
+    if (rc == 1)
+        e->st.stale_xdp_cleared++;
+    if (rc == -1)
+        return bp_fail(e, "%s already has an XDP program that is not aiolowlat's; remove it "
+                       "(xdp-loader unload %s --all) or pick another interface",
+                       e->cfg.ifname, e->cfg.ifname);
+    if (rc == -2)
+        return bp_fail(e, "cannot detach the stale XDP program on %s (ip link set dev %s "
+                       "xdp off)", e->cfg.ifname, e->cfg.ifname);
+    return 0;
+}
+
+static int create_socket(struct bp_engine *e, struct xsk_drv *d, uint32_t xdp_flags)
+{
+    struct xsk_socket_config cfg = {
+        .rx_size = RING_SIZE, .tx_size = RING_SIZE, .libxdp_flags = 0,
+        .xdp_flags = xdp_flags, .bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
+    };
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    int rc;
+    for (int waited = 0;; waited += 10) {
+        rc = xsk_socket__create(&d->xsk, e->cfg.ifname, e->cfg.queue, d->umem, &d->rx, &d->tx,
+                                &cfg);
+        if (rc != -EBUSY || waited >= EBUSY_RETRY_MS)
+            return rc;
+        e->st.start_retries++;
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void set_busy_poll(struct bp_engine *e, struct xsk_drv *d)
+{
+    int one = 1, usecs = 20, budget = BP_BURST;
+    e->st.busy_poll_sockopt =
+        setsockopt(d->fd, SOL_SOCKET, SO_PREFER_BUSY_POLL, &one, sizeof one) == 0 &&
+        setsockopt(d->fd, SOL_SOCKET, SO_BUSY_POLL, &usecs, sizeof usecs) == 0 &&
+        setsockopt(d->fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget, sizeof budget) == 0;
+}
+
+static void xsk_teardown(struct bp_engine *e);
+
+static int xsk_setup(struct bp_engine *e)
+{
+    struct xsk_drv *d = calloc(1, sizeof *d);
+    if (!d)
+        return bp_fail(e, "out of memory");
+    e->drv = d;
+    e->frame_size = FRAME_SIZE;
+    d->ifindex = (int)if_nametoindex(e->cfg.ifname);
+    if (!d->ifindex) {
+        bp_fail(e, "no interface %s%s%s", e->cfg.ifname, e->cfg.netns[0] ? " in " : "",
+                e->cfg.netns);
+        goto fail;
+    }
+    uint8_t mac[6] = {0}, zero[6] = {0};
+    memcpy(mac, e->cfg.mac, 6);
+    if (memcmp(mac, zero, 6) == 0 && read_mac(e, mac))
+        goto fail;
+    bp_init_packets(e, mac);
+    if (clear_stale_program(e, d->ifindex))
+        goto fail;
+
+    size_t size = (size_t)FRAMES * FRAME_SIZE;
+    if (posix_memalign(&d->area, (size_t)getpagesize(), size)) {
+        bp_fail(e, "cannot allocate the UMEM (%zu bytes)", size);
+        goto fail;
+    }
+    struct xsk_umem_config ucfg = {.fill_size = RING_SIZE, .comp_size = RING_SIZE,
+                                   .frame_size = FRAME_SIZE, .frame_headroom = 0};
+    int rc = xsk_umem__create(&d->umem, d->area, size, &d->fq, &d->cq, &ucfg);
+    if (rc) {
+        bp_fail(e, "xsk_umem__create: %s (needs CAP_NET_ADMIN, CAP_IPC_LOCK or a "
+                "memlock limit of %zu bytes: ulimit -l)", strerror(-rc), size);
+        goto fail;
+    }
+    int mode = e->cfg.xdp_mode;
+    rc = -EOPNOTSUPP;
+    if (mode != BP_XDP_SKB) {
+        rc = create_socket(e, d, XDP_FLAGS_DRV_MODE);
+        e->st.xdp_mode = BP_XDP_NATIVE;
+    }
+    if (rc && mode != BP_XDP_NATIVE) {
+        rc = create_socket(e, d, XDP_FLAGS_SKB_MODE);
+        e->st.xdp_mode = BP_XDP_SKB;
+    }
+    if (rc) {
+        bp_fail(e, "xsk_socket__create on %s queue %u: %s (needs CAP_NET_ADMIN and CAP_BPF, "
+                "libxdp's XDP program, and a free queue; EBUSY: another AF_XDP socket holds it)",
+                e->cfg.ifname, e->cfg.queue, strerror(-rc));
+        goto fail;
+    }
+    d->fd = xsk_socket__fd(d->xsk);
+    set_busy_poll(e, d);
+
+    uint32_t idx;
+    if (xsk_ring_prod__reserve(&d->fq, RX_FRAMES, &idx) != RX_FRAMES) {
+        bp_fail(e, "cannot fill the XSK fill ring");
+        goto fail;
+    }
+    for (uint32_t i = 0; i < RX_FRAMES; i++)
+        *xsk_ring_prod__fill_addr(&d->fq, idx + i) = (uint64_t)i * FRAME_SIZE;
+    xsk_ring_prod__submit(&d->fq, RX_FRAMES);
+    for (uint32_t i = RX_FRAMES; i < FRAMES; i++)
+        d->free_tx[d->nfree++] = (uint64_t)i * FRAME_SIZE;
+    return 0;
+fail:
+    xsk_teardown(e);
+    return -1;
+}
+
+static int xsk_rx(struct bp_engine *e, struct xsk_drv *d)
+{
+    uint32_t idx_rx, idx_fq;
+    uint32_t n = xsk_ring_cons__peek(&d->rx, BP_BURST, &idx_rx);
+    if (!n) {
+        if (xsk_ring_prod__needs_wakeup(&d->fq) && e->cfg.busy_poll)
+            recvfrom(d->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+        return 0;
+    }
+    int64_t now = bp_now_ns(CLOCK_REALTIME);
+    /* Every RX frame goes back to the fill ring: its slots free up as RX is consumed. */
+    while (xsk_ring_prod__reserve(&d->fq, n, &idx_fq) != n)
+        ;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct xdp_desc *desc = xsk_ring_cons__rx_desc(&d->rx, idx_rx + i);
+        bp_rx_frame(e, xsk_umem__get_data(d->area, desc->addr), desc->len, now);
+        *xsk_ring_prod__fill_addr(&d->fq, idx_fq + i) = desc->addr & ~(uint64_t)(FRAME_SIZE - 1);
+    }
+    xsk_ring_cons__release(&d->rx, n);
+    xsk_ring_prod__submit(&d->fq, n);
+    bp_rx_done(e);
+    return (int)n;
+}
+
+static int xsk_tx(struct bp_engine *e, struct xsk_drv *d)
+{
+    uint32_t idx;
+    uint32_t done = xsk_ring_cons__peek(&d->cq, RING_SIZE, &idx);
+    for (uint32_t i = 0; i < done; i++)
+        d->free_tx[d->nfree++] = *xsk_ring_cons__comp_addr(&d->cq, idx + i);
+    if (done)
+        xsk_ring_cons__release(&d->cq, done);
+
+    uint64_t addrs[BP_BURST];
+    uint32_t lens[BP_BURST], n = 0;
+    int64_t now = bp_now_ns(CLOCK_MONOTONIC);
+    while (n < BP_BURST && d->nfree) {
+        uint64_t addr = d->free_tx[d->nfree - 1];
+        uint32_t len = bp_tx_next(e, xsk_umem__get_data(d->area, addr), FRAME_SIZE, now);
+        if (!len)
+            break;
+        d->nfree--;
+        addrs[n] = addr;
+        lens[n++] = len;
+    }
+    if (n) {
+        /* TX ring and TX frames are the same size: a free frame always finds a TX slot. */
+        xsk_ring_prod__reserve(&d->tx, n, &idx);
+        for (uint32_t i = 0; i < n; i++) {
+            struct xdp_desc *desc = xsk_ring_prod__tx_desc(&d->tx, idx + i);
+            desc->addr = addrs[i];
+            desc->len = lens[i];
+        }
+        xsk_ring_prod__submit(&d->tx, n);
+    }
+    /* Copy mode sends only from a system call; kick while frames are outstanding. */
+    if ((n || d->nfree < FRAMES - RX_FRAMES) && xsk_ring_prod__needs_wakeup(&d->tx)) {
+        e->st.tx_kicks++;
+        if (sendto(d->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
+            errno != EBUSY && errno != ENOBUFS && errno != ENETDOWN)
+            e->st.tx_errors++;
+    }
+    return (int)(n + done);
+}
+
+static int xsk_poll(struct bp_engine *e)
+{
+    struct xsk_drv *d = e->drv;
+    int rx = xsk_rx(e, d);
+    return rx + xsk_tx(e, d);
+}
+
+static void xsk_wait(struct bp_engine *e, int timeout_us)
+{
+    struct xsk_drv *d = e->drv;
+    struct pollfd fds[2] = {{.fd = d->fd, .events = POLLIN}, {.fd = e->tx_efd, .events = POLLIN}};
+    struct timespec ts = {0, (long)timeout_us * 1000};
+    ppoll(fds, 2, &ts, NULL);
+}
+
+static void xsk_teardown(struct bp_engine *e)
+{
+    struct xsk_drv *d = e->drv;
+    if (!d)
+        return;
+    if (d->xsk)
+        xsk_socket__delete(d->xsk);  /* also detaches libxdp's program when it was the last */
+    if (d->umem)
+        xsk_umem__delete(d->umem);
+    free(d->area);
+    if (d->ifindex && d->xsk)
+        detach_xsk_program(d->ifindex);  /* `ip link` must show no XDP program after stop */
+    free(d);
+    e->drv = NULL;
+}
+
+const struct bp_ops bp_xsk_ops = {"af_xdp", xsk_setup, xsk_poll, xsk_wait, xsk_teardown};
+
+struct bp_engine *xsk_engine_start(const struct bp_config *cfg, char *error)
+{
+    return bp_start(BP_KIND_XSK, cfg, error);
+}
