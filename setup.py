@@ -5,6 +5,7 @@ from setuptools import setup
 setup(
     cffi_modules=[
         "aiolowlat/_native/build.py:ffibuilder",
+        "aiolowlat/_native/build_bypass.py:ffibuilder",
         "aiolowlat/_native/build_ws.py:ffibuilder",
     ]
 )
