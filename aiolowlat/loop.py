@@ -20,6 +20,8 @@ import weakref
 from asyncio import base_events, constants
 from collections import deque
 
+import msgspec
+
 from ._datagram import UringDatagramTransport, pack_sockaddr
 from ._native import ffi, lib
 from ._ring import CQE_F_MORE, Ring
@@ -300,9 +302,27 @@ def install() -> None:
     asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None, busy_poll: bool = False, sqpoll: bool = False):
-    """Run a coroutine on a new aiolowlat loop, as asyncio.run() does."""
-    with asyncio.Runner(debug=debug,
-                        loop_factory=lambda: new_event_loop(busy_poll=busy_poll,
-                                                            sqpoll=sqpoll)) as runner:
-        return runner.run(main)
+def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool = False):
+    """Run a coroutine on a new aiolowlat loop, as asyncio.run() does.
+
+    ``config``: a TOML file (or aiolowlat.config.Settings) that picks the loop
+    (uring, uvloop, asyncio) and its mode, and which ``aiolowlat.config.current()``
+    returns while the coroutine runs.
+    """
+    if config is None:
+        with asyncio.Runner(debug=debug,
+                            loop_factory=lambda: new_event_loop(busy_poll=busy_poll,
+                                                                sqpoll=sqpoll)) as runner:
+            return runner.run(main)
+    from . import config as _config
+
+    settings = config if isinstance(config, _config.Settings) else _config.load(config)
+    if busy_poll or sqpoll:  # the caller's explicit asks add to the file's
+        settings = msgspec.structs.replace(settings, busy_poll=settings.busy_poll or busy_poll,
+                                           sqpoll=settings.sqpoll or sqpoll)
+    _config._make_current(settings)
+    try:
+        with asyncio.Runner(debug=debug, loop_factory=_config.loop_factory(settings)) as runner:
+            return runner.run(main)
+    finally:
+        _config._make_current(None)

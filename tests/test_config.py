@@ -1,0 +1,122 @@
+"""The strategy's TOML config: typed settings, errors that name the key, overrides, run()."""
+
+import asyncio
+import textwrap
+
+import pytest
+import uvloop
+
+import aiolowlat
+from aiolowlat import config
+from aiolowlat.config import ConfigError, Settings
+
+STRATEGY = textwrap.dedent("""
+    loop = "uring"
+    busy_poll = true
+
+    [tuning]
+    loop_core = 0
+    gc = "freeze"
+
+    [feeds.itch]
+    transport = "af_xdp"
+    interface = "eth1"
+    lines = { A = "239.1.1.1:30001", B = "239.1.1.2:30002" }
+    rcvbuf = 16777216
+
+    [feeds.itch.engine]
+    core = 1
+    neighbours = { "192.0.2.9" = "02:00:00:00:00:09" }
+
+    [venues.binance]
+    symbols = ["BTCUSDT", "ETHUSDT"]
+""")
+
+
+@pytest.fixture
+def strategy(tmp_path):
+    path = tmp_path / "strategy.toml"
+    path.write_text(STRATEGY)
+    return path
+
+
+def test_a_file_decodes_into_typed_settings(strategy):
+    settings = config.load(strategy, env={})
+    assert settings.loop == "uring" and settings.busy_poll is True
+    assert settings.tuning.loop_core == 0 and settings.tuning.gc == "freeze"
+    itch = settings.feeds["itch"]
+    assert itch.transport == "af_xdp" and itch.rcvbuf == 16 << 20
+    assert itch.line_addresses() == {"A": ("239.1.1.1", 30001), "B": ("239.1.1.2", 30002)}
+    assert itch.engine.core == 1 and itch.engine.neighbours == {"192.0.2.9": "02:00:00:00:00:09"}
+    assert settings.venues["binance"].symbols == ["BTCUSDT", "ETHUSDT"]
+    assert settings.venues["binance"].live is False  # the simulator unless asked
+    assert config.load(env={}) == Settings()  # no file: the defaults
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tuning.loop_core=x", "tuning.loop_core: expected int, got str"),
+    ("feeds.itch.transport=tcp", "feeds.itch.transport: invalid enum value 'tcp'; expected one "
+                                 "of 'kernel', 'uring', 'af_xdp', 'dpdk'"),
+    ("feeds.itch.rcvbuf=big", "feeds.itch.rcvbuf: expected int, got str"),
+    ("feeds.itch.engine.core=[1]", "feeds.itch.engine.core: expected int, got array"),
+    ("venues.binance.symbol=[]", "venues.binance.symbol: unknown key; expected one of symbols, "
+                                 "url, live"),
+    ("tuning.gc=never", "tuning.gc: invalid enum value 'never'; expected one of 'default', "
+                        "'freeze', 'off'"),
+    ("loop=uvloop", 'busy_poll needs loop = "uring", not \'uvloop\''),
+    ("speed=11", "speed: unknown key; expected one of loop, busy_poll"),
+])
+def test_errors_name_the_key_and_what_was_expected(strategy, override, message):
+    with pytest.raises(ConfigError) as caught:
+        config.load(strategy, env={}, overrides=[override])
+    assert str(caught.value).startswith(f"{strategy}: {message}")
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("loop = \n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="not of the form key.path=value"):
+        config.load(overrides=["busy_poll"], env={})
+    with pytest.raises(ConfigError, match="tuning.loop_core.x: loop_core is a value, not a table"):
+        config.load(overrides=["tuning.loop_core=1", "tuning.loop_core.x=2"], env={})
+
+
+def test_environment_then_overrides_take_precedence(strategy):
+    env = {"AIOLOWLAT_FEEDS__ITCH__TRANSPORT": "uring", "AIOLOWLAT_TUNING__LOOP_CORE": "1",
+           "AIOLOWLAT_VENUES__OKX__SYMBOLS": '["BTC-USDT"]', "OTHER": "x"}
+    settings = config.load(strategy, env=env)
+    assert settings.feeds["itch"].transport == "uring"  # one word swaps the transport
+    assert settings.tuning.loop_core == 1 and settings.venues["okx"].symbols == ["BTC-USDT"]
+    settings = config.load(strategy, env=env, overrides=["feeds.itch.transport=dpdk"])
+    assert settings.feeds["itch"].transport == "dpdk"
+    with pytest.raises(ConfigError, match="^defaults: loop: invalid enum value .x."):
+        config.load(env={"AIOLOWLAT_LOOP": "x"})
+
+
+@pytest.mark.parametrize("loop_name, kind", [
+    ("uring", aiolowlat.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.SelectorEventLoop)])
+def test_run_uses_the_loop_the_config_names(tmp_path, loop_name, kind):
+    path = tmp_path / "s.toml"
+    path.write_text(f'loop = "{loop_name}"\n[venues.kraken]\nsymbols = ["BTC/USD"]\n')
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        return type(loop), config.current().venues["kraken"].symbols
+
+    assert aiolowlat.run(main(), config=path) == (kind, ["BTC/USD"])
+    assert config.current() == Settings()  # only while the run lasts
+
+
+def test_run_busy_poll_from_the_file_or_the_caller(tmp_path):
+    async def mode():
+        return asyncio.get_running_loop().busy_poll
+
+    path = tmp_path / "s.toml"
+    path.write_text("busy_poll = true\n")
+    assert aiolowlat.run(mode(), config=path) is True
+    assert aiolowlat.run(mode(), config=Settings(), busy_poll=True) is True
+    assert aiolowlat.run(mode(), config=Settings()) is False
