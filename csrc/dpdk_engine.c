@@ -41,8 +41,9 @@ static unsigned port_counter;    /* unique virtual device names per process */
 
 struct dpdk_drv {
     uint16_t port;
+    unsigned serial;
     int started;
-    char name[64];
+    char name[320];
     struct rte_mempool *pool;
 };
 
@@ -100,7 +101,7 @@ static int probe_port(struct bp_engine *e, struct dpdk_drv *d)
     if (comma)
         *comma = 0;
     pthread_mutex_lock(&eal_lock);
-    unsigned n = port_counter++;
+    unsigned n = d->serial = port_counter++;
     pthread_mutex_unlock(&eal_lock);
     snprintf(d->name, sizeof d->name, "%s_al%u", vdev, n);
     char devargs[sizeof vdev + 80];
@@ -120,7 +121,7 @@ static int probe_port(struct bp_engine *e, struct dpdk_drv *d)
 static int start_port(struct bp_engine *e, struct dpdk_drv *d)
 {
     char pool_name[RTE_MEMPOOL_NAMESIZE];
-    snprintf(pool_name, sizeof pool_name, "al_%s", d->name);
+    snprintf(pool_name, sizeof pool_name, "al_pool%u", d->serial);
     int socket = rte_eth_dev_socket_id(d->port);
     d->pool = rte_pktmbuf_pool_create(pool_name, MBUFS, MBUF_CACHE, 0,
                                       RTE_MBUF_DEFAULT_BUF_SIZE, socket < 0 ? 0 : socket);
@@ -243,8 +244,10 @@ static void dpdk_teardown(struct bp_engine *e)
     struct dpdk_drv *d = e->drv;
     if (!d)
         return;
-    if (d->started)
+    if (d->started) {
+        rte_eth_promiscuous_disable(d->port);
         rte_eth_dev_stop(d->port);
+    }
     if (d->name[0]) {
         rte_eth_dev_close(d->port);
         rte_eal_hotplug_remove("vdev", d->name);

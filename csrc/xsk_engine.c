@@ -6,6 +6,7 @@
 #include "xsk_engine.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <linux/if_link.h>
 #include <net/if.h>
 #include <poll.h>
@@ -51,10 +52,11 @@ struct xsk_drv {
 static int read_mac(struct bp_engine *e, uint8_t *mac)
 {
     struct ifreq ifr = {0};
+    _Static_assert(sizeof e->cfg.ifname <= 32, "ifname fits");
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return bp_fail(e, "socket: %s", strerror(errno));
-    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", e->cfg.ifname);
+    memcpy(ifr.ifr_name, e->cfg.ifname, IFNAMSIZ - 1);
     int rc = ioctl(fd, SIOCGIFHWADDR, &ifr);
     close(fd);
     if (rc)
@@ -128,10 +130,26 @@ static void set_busy_poll(struct bp_engine *e, struct xsk_drv *d)
         setsockopt(d->fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget, sizeof budget) == 0;
 }
 
+static int quiet(enum libxdp_print_level level, const char *fmt, va_list ap)
+{
+    (void)level, (void)fmt, (void)ap;
+    return 0;  /* failures reach the caller as e->error, with the fix */
+}
+
+static int quiet_bpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    (void)level, (void)fmt, (void)ap;
+    return 0;
+}
+
 static void xsk_teardown(struct bp_engine *e);
 
 static int xsk_setup(struct bp_engine *e)
 {
+    if (!getenv("AIOLOWLAT_XDP_DEBUG")) {  /* libxdp chats on stderr (e.g. "no bpffs") */
+        libxdp_set_print(quiet);
+        libbpf_set_print(quiet_bpf);
+    }
     struct xsk_drv *d = calloc(1, sizeof *d);
     if (!d)
         return bp_fail(e, "out of memory");
@@ -225,7 +243,7 @@ static int xsk_rx(struct bp_engine *e, struct xsk_drv *d)
 
 static int xsk_tx(struct bp_engine *e, struct xsk_drv *d)
 {
-    uint32_t idx;
+    uint32_t idx = 0;
     uint32_t done = xsk_ring_cons__peek(&d->cq, RING_SIZE, &idx);
     for (uint32_t i = 0; i < done; i++)
         d->free_tx[d->nfree++] = *xsk_ring_cons__comp_addr(&d->cq, idx + i);
