@@ -390,14 +390,32 @@ def format_utc(ts: float, millis: bool = True) -> bytes:
     return _last_second[1] + b".%03d" % int((ts - sec) * 1000)
 
 
+_day_cache: dict[bytes, int] = {}
+
+
 def parse_utc(value: bytes) -> float:
     """A UTCTimestamp (seconds, optional .sss/.ssssss) as a Unix time; ValueError if bad."""
-    if len(value) < 17 or value[8:9] != b"-" or value[11:12] != b":" or value[14:15] != b":":
+    if (
+        len(value) < 17
+        or value[8] != 0x2D  # '-'
+        or value[11] != 0x3A
+        or value[14] != 0x3A
+        or not (value[:8] + value[9:11] + value[12:14] + value[15:17]).isdigit()
+    ):
         raise ValueError(f"not a UTCTimestamp: {value!r}")
-    tm = time.strptime(value[:17].decode("ascii"), "%Y%m%d-%H:%M:%S")
+    day = value[:8]
+    base = _day_cache.get(day)
+    if base is None:
+        base = calendar.timegm((int(day[:4]), int(day[4:6]), int(day[6:8]), 0, 0, 0))
+        if len(_day_cache) > 64:
+            _day_cache.clear()
+        _day_cache[day] = base
+    hh, mm, ss = int(value[9:11]), int(value[12:14]), int(value[15:17])
+    if hh > 23 or mm > 59 or ss > 60:
+        raise ValueError(f"not a UTCTimestamp: {value!r}")
     frac = 0.0
     if len(value) > 17:
-        if value[17:18] != b"." or not value[18:].isdigit():
+        if value[17] != 0x2E or not value[18:].isdigit():
             raise ValueError(f"not a UTCTimestamp: {value!r}")
         frac = int(value[18:]) / 10 ** (len(value) - 18)
-    return calendar.timegm(tm) + frac
+    return base + hh * 3600 + mm * 60 + ss + frac
