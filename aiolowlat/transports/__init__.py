@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 
-from . import kernel, uring
+from . import af_xdp, dpdk, kernel, uring
+from ._engine import EngineConfig
 from ._socket import (
     SocketBufferWarning,
     enable_nic_timestamps,
@@ -32,18 +33,25 @@ _FACTORIES = {
     "kernel": lambda loop, sock, protocol, extra: kernel.KernelDatagramTransport(
         loop, sock, protocol, extra),
     "uring": uring.make_transport,
+    # Kernel-bypass engines own a NIC queue instead of a socket: async openers.
+    "af_xdp": af_xdp.open_endpoint,
+    "dpdk": dpdk.open_endpoint,
 }
+_ENGINES = ("af_xdp", "dpdk")
 
 
 async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel", local_addr=None,
                                  groups=(), interface: str | None = None,
                                  source: str | None = None, reuse_port: bool = True,
                                  rcvbuf: int | None = None, rcvbuf_force: bool = False,
-                                 timestamps: bool = True, sock=None):
+                                 timestamps: bool = True, sock=None,
+                                 engine: EngineConfig | dict | None = None):
     """Open a market-data datagram endpoint on ``transport``; returns (transport, protocol).
 
     ``sock``: a socket already set up by open_udp_socket (e.g. in another network
-    namespace), instead of local_addr and the options.
+    namespace), instead of local_addr and the options. ``engine``: the options of
+    the af_xdp and dpdk engines (EngineConfig: queue, core, local IP/MAC, EAL args,
+    static ARP, ...); ``interface`` is the NIC they own.
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}: choose one of {', '.join(TRANSPORTS)}")
@@ -52,6 +60,9 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
         raise TransportUnavailableError(
             f"transport {transport!r} is not available in this build yet; "
             "use 'kernel' (any loop) or 'uring' (the aiolowlat loop)")
+    if transport in _ENGINES:
+        return await factory(protocol_factory, local_addr=local_addr, groups=groups,
+                             interface=interface, engine=engine)
     loop = asyncio.get_running_loop()
     if sock is None:
         sock, extra = open_udp_socket(local_addr, groups=groups, interface=interface,
@@ -70,6 +81,6 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
     return endpoint, protocol
 
 
-__all__ = ["TRANSPORTS", "SocketBufferWarning", "TransportUnavailableError",
+__all__ = ["TRANSPORTS", "EngineConfig", "SocketBufferWarning", "TransportUnavailableError",
            "enable_nic_timestamps", "join_group", "leave_group", "nic_timestamping",
            "open_datagram_endpoint", "open_udp_socket"]
