@@ -1,0 +1,7 @@
+"""``python -m aiolowlat``: the aiolowlat command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

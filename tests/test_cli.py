@@ -1,0 +1,43 @@
+"""The aiolowlat command, end to end in subprocesses, each bounded in time."""
+
+import subprocess
+import sys
+
+
+def aiolowlat(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "aiolowlat", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_record_then_replay_the_itch_feed(tmp_path):
+    path = tmp_path / "itch.alrec"
+    recorded = aiolowlat("record", "itch", "--out", str(path), "--seconds", "2",
+                         "--events", "3000")
+    assert recorded.returncode == 0, recorded.stderr
+    assert "recorded" in recorded.stdout and path.stat().st_size > 10_000
+    replayed = aiolowlat("replay", str(path))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "'delivered': 3" in replayed.stdout and "AAPL" in replayed.stdout
+    paced = aiolowlat("replay", str(path), "--speed", "4")
+    assert paced.returncode == 0 and "AAPL" in paced.stdout
+
+
+def test_replay_of_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
+    missing = aiolowlat("replay", str(tmp_path / "nope.alrec"))
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+    foreign = tmp_path / "foreign.alrec"
+    foreign.write_bytes(b"not a recording")
+    result = aiolowlat("replay", str(foreign))
+    assert result.returncode == 2 and "not an aiolowlat recording" in result.stderr
+
+
+def test_sim_itch_stops_by_itself():
+    result = aiolowlat("sim", "itch", "--seconds", "1", "--request-port", "0",
+                       "--group-a", "127.0.0.1:39001", "--group-b", "127.0.0.1:39002")
+    assert result.returncode == 0, result.stderr
+    assert "session" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    result = aiolowlat("fly")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
