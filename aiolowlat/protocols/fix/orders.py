@@ -76,6 +76,7 @@ class OrderTracker:
         self._exec_ids: set[str] = set()
         self._before_pending: dict[str, OrderState] = {}
         self.unknown_reports = 0  # execution reports for orders we never sent
+        self.unknown_requests = 0  # cancels/replaces of orders we do not know
 
     def get(self, cl_ord_id: str) -> Order | None:
         return self._orders.get(cl_ord_id)
@@ -94,7 +95,8 @@ class OrderTracker:
         if isinstance(msg, (OrderCancelRequest, OrderCancelReplaceRequest)):
             order = self._orders.get(msg.orig_cl_ord_id)
             if order is None:
-                raise KeyError(f"no order with ClOrdID {msg.orig_cl_ord_id!r}")
+                self.unknown_requests += 1  # the exchange will answer with a reject
+                return None
             self._orders[msg.cl_ord_id] = order
             self._before_pending[msg.cl_ord_id] = order.state
             if isinstance(msg, OrderCancelRequest):
