@@ -38,9 +38,9 @@ class Histogram:
     values above ``highest`` are not recorded: they are counted in ``out_of_range``.
     """
 
-    __slots__ = ("lowest", "highest", "significant_digits", "count", "total", "min", "max",
+    __slots__ = ("lowest", "highest", "significant_digits", "count", "total", "_min", "max",
                  "out_of_range", "_unit_mag", "_sub_half_mag", "_sub_half", "_sub_mask",
-                 "_counts")
+                 "_bucket_base", "_counts")
 
     def __init__(self, lowest: int = 1, highest: int = 3_600_000_000_000,
                  significant_digits: int = 3):
@@ -56,6 +56,7 @@ class Histogram:
         self._sub_half_mag = sub_count_mag - 1
         self._sub_half = 1 << self._sub_half_mag
         self._sub_mask = ((1 << sub_count_mag) - 1) << self._unit_mag
+        self._bucket_base = self._unit_mag + self._sub_half_mag + 1
         buckets, smallest_untracked = 1, (1 << sub_count_mag) << self._unit_mag
         while smallest_untracked <= highest:
             smallest_untracked <<= 1
@@ -67,19 +68,19 @@ class Histogram:
         """Forget every recorded value (the counts array is reused)."""
         counts = self._counts
         counts[:] = array.array("q", bytes(8 * len(counts)))
-        self.count = self.total = self.out_of_range = 0
-        self.min, self.max = 0, 0
+        self.count = self.total = self.out_of_range = self.max = 0
+        self._min = self.highest + 1  # above any recorded value: no "first value" test
 
     def record(self, value: int) -> None:
         """Count one value (an int, e.g. nanoseconds); the hot-path call."""
         if value < 0 or value > self.highest:
             self.out_of_range += 1
             return
-        bucket = (value | self._sub_mask).bit_length() - self._unit_mag - self._sub_half_mag - 1
+        bucket = (value | self._sub_mask).bit_length() - self._bucket_base
         sub = value >> (bucket + self._unit_mag)
         self._counts[((bucket + 1) << self._sub_half_mag) + sub - self._sub_half] += 1
-        if self.count == 0 or value < self.min:
-            self.min = value
+        if value < self._min:
+            self._min = value
         if value > self.max:
             self.max = value
         self.count += 1
@@ -101,6 +102,10 @@ class Histogram:
         # The last value that lands in this index: its start plus its width - 1.
         bucket = max((index >> self._sub_half_mag) - 1, 0)
         return self._value_at(index) + (1 << (bucket + self._unit_mag)) - 1
+
+    @property
+    def min(self) -> int:
+        return self._min if self.count else 0
 
     @property
     def mean(self) -> float:
@@ -140,9 +145,8 @@ class Histogram:
         for index, n in enumerate(other._counts):
             if n:
                 counts[index] += n
-        if other.count:
-            self.min = other.min if not self.count else min(self.min, other.min)
-            self.max = max(self.max, other.max)
+        self._min = min(self._min, other._min)
+        self.max = max(self.max, other.max)
         self.count += other.count
         self.total += other.total
         self.out_of_range += other.out_of_range
