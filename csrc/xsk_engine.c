@@ -19,7 +19,10 @@
 #include <unistd.h>
 #include <xdp/libxdp.h>
 #include <xdp/xsk.h>
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <linux/bpf.h>
+#include <stddef.h>
 
 #include "bypass_engine.h"
 
@@ -44,7 +47,8 @@ struct xsk_drv {
     struct xsk_socket *xsk;
     struct xsk_ring_prod fq, tx;
     struct xsk_ring_cons cq, rx;
-    int fd, ifindex;
+    int fd, ifindex, map_fd, prog_fd;
+    uint32_t attach_flags;
     uint64_t free_tx[FRAMES - RX_FRAMES];
     uint32_t nfree;
 };
@@ -65,27 +69,68 @@ static int read_mac(struct bp_engine *e, uint8_t *mac)
     return 0;
 }
 
-/* Detach the XDP program on ifindex if it is libxdp's XSK redirect program (what a
- * process that died without releasing its socket leaves behind). Returns 1 when
- * detached, 0 when none is attached, -1 when it is someone else's, -2 on failure. */
+/* Our XDP program: redirect every frame of its queue to the XSK in xsks_map (frames
+ * of queues without a socket go on to the kernel). Loaded from these few instructions
+ * by libbpf, so no clang, no bpffs, and no file descriptor kept anywhere but here. */
+static const char PROG_NAME[] = "al_xsk_redirect";
+
+static int load_program(struct bp_engine *e, int map_fd)
+{
+    struct bpf_insn prog[] = {
+        /* r2 = ctx->rx_queue_index */
+        {.code = BPF_LDX | BPF_MEM | BPF_W, .dst_reg = BPF_REG_2, .src_reg = BPF_REG_1,
+         .off = offsetof(struct xdp_md, rx_queue_index)},
+        /* r1 = &xsks_map (two instructions: a 64-bit immediate) */
+        {.code = BPF_LD | BPF_DW | BPF_IMM, .dst_reg = BPF_REG_1,
+         .src_reg = BPF_PSEUDO_MAP_FD, .imm = map_fd},
+        {0},
+        /* r3 = XDP_PASS: the action when the queue has no socket */
+        {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_3, .imm = XDP_PASS},
+        {.code = BPF_JMP | BPF_CALL, .imm = BPF_FUNC_redirect_map},
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    LIBBPF_OPTS(bpf_prog_load_opts, opts);
+    int fd = bpf_prog_load(BPF_PROG_TYPE_XDP, PROG_NAME, "Dual BSD/GPL", prog,
+                           sizeof prog / sizeof prog[0], &opts);
+    if (fd < 0)
+        return bp_fail(e, "cannot load the XDP redirect program: %s (needs CAP_BPF and "
+                       "CAP_NET_ADMIN, or root)", strerror(-fd));
+    return fd;
+}
+
+/* The id and name of the XDP program attached to ifindex; 0 when none. */
+static uint32_t attached_program(int ifindex, char *name, size_t len)
+{
+    LIBBPF_OPTS(bpf_xdp_query_opts, q);
+    if (bpf_xdp_query(ifindex, 0, &q) || !q.prog_id)
+        return 0;
+    name[0] = 0;
+    int fd = bpf_prog_get_fd_by_id(q.prog_id);
+    if (fd >= 0) {
+        struct bpf_prog_info info;
+        uint32_t info_len = sizeof info;
+        memset(&info, 0, sizeof info);
+        if (!bpf_obj_get_info_by_fd(fd, &info, &info_len))
+            snprintf(name, len, "%s", info.name);
+        close(fd);
+    }
+    return q.prog_id;
+}
+
+/* Detach an XDP program of ours (or libxdp's XSK program) from ifindex: what a process
+ * that died without stopping leaves. 1 when detached, 0 when none, -1 when the
+ * program is someone else's, -2 when detaching failed. */
 static int detach_xsk_program(int ifindex)
 {
-    struct xdp_multiprog *mp = xdp_multiprog__get_from_ifindex(ifindex);
-    if (!mp || libxdp_get_error(mp))
+    char name[BPF_OBJ_NAME_LEN];
+    if (!attached_program(ifindex, name, sizeof name))
         return 0;
-    int ours;
-    if (xdp_multiprog__is_legacy(mp)) {
-        struct xdp_program *main = xdp_multiprog__main_prog(mp);
-        ours = main && strcmp(xdp_program__name(main), "xsk_def_prog") == 0;
-    } else {
-        ours = 1;
-        for (struct xdp_program *p = xdp_multiprog__next_prog(NULL, mp); p;
-             p = xdp_multiprog__next_prog(p, mp))
-            ours &= strcmp(xdp_program__name(p), "xsk_def_prog") == 0;
-    }
-    int rc = !ours ? -1 : xdp_multiprog__detach(mp) ? -2 : 1;
-    xdp_multiprog__close(mp);
-    return rc;
+    if (strcmp(name, PROG_NAME) != 0 && strcmp(name, "xsk_def_prog") != 0)
+        return -1;
+    int rc = bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE, NULL);
+    if (rc)
+        rc = bpf_xdp_detach(ifindex, XDP_FLAGS_SKB_MODE, NULL);
+    return rc ? -2 : 1;
 }
 
 static int clear_stale_program(struct bp_engine *e, int ifindex)
@@ -95,7 +140,7 @@ static int clear_stale_program(struct bp_engine *e, int ifindex)
         e->st.stale_xdp_cleared++;
     if (rc == -1)
         return bp_fail(e, "%s already has an XDP program that is not aiolowlat's; remove it "
-                       "(xdp-loader unload %s --all) or pick another interface",
+                       "(ip link set dev %s xdp off) or pick another interface",
                        e->cfg.ifname, e->cfg.ifname);
     if (rc == -2)
         return bp_fail(e, "cannot detach the stale XDP program on %s (ip link set dev %s "
@@ -103,11 +148,34 @@ static int clear_stale_program(struct bp_engine *e, int ifindex)
     return 0;
 }
 
-static int create_socket(struct bp_engine *e, struct xsk_drv *d, uint32_t xdp_flags)
+/* Attach prog_fd in the configured mode (auto: native, else generic); the mode or -1. */
+static int attach_program(struct bp_engine *e, struct xsk_drv *d)
+{
+    uint32_t modes[2], n = 0;
+    if (e->cfg.xdp_mode != BP_XDP_SKB)
+        modes[n++] = XDP_FLAGS_DRV_MODE;
+    if (e->cfg.xdp_mode != BP_XDP_NATIVE)
+        modes[n++] = XDP_FLAGS_SKB_MODE;
+    int rc = -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        rc = bpf_xdp_attach(d->ifindex, d->prog_fd, modes[i] | XDP_FLAGS_UPDATE_IF_NOEXIST,
+                            NULL);
+        if (!rc) {
+            d->attach_flags = modes[i];
+            e->st.xdp_mode = modes[i] == XDP_FLAGS_DRV_MODE ? BP_XDP_NATIVE : BP_XDP_SKB;
+            return 0;
+        }
+    }
+    return bp_fail(e, "cannot attach XDP to %s: %s (needs CAP_NET_ADMIN; xdp_mode native "
+                   "needs driver support)", e->cfg.ifname, strerror(-rc));
+}
+
+static int create_socket(struct bp_engine *e, struct xsk_drv *d)
 {
     struct xsk_socket_config cfg = {
-        .rx_size = RING_SIZE, .tx_size = RING_SIZE, .libxdp_flags = 0,
-        .xdp_flags = xdp_flags, .bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
+        .rx_size = RING_SIZE, .tx_size = RING_SIZE,
+        .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,  /* our program, see above */
+        .bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
     };
     struct timespec pause = {0, 10 * 1000 * 1000};
     int rc;
@@ -154,6 +222,7 @@ static int xsk_setup(struct bp_engine *e)
     if (!d)
         return bp_fail(e, "out of memory");
     e->drv = d;
+    d->map_fd = d->prog_fd = -1;
     e->frame_size = FRAME_SIZE;
     d->ifindex = (int)if_nametoindex(e->cfg.ifname);
     if (!d->ifindex) {
@@ -182,24 +251,29 @@ static int xsk_setup(struct bp_engine *e)
                 "memlock limit of %zu bytes: ulimit -l)", strerror(-rc), size);
         goto fail;
     }
-    int mode = e->cfg.xdp_mode;
-    rc = -EOPNOTSUPP;
-    if (mode != BP_XDP_SKB) {
-        rc = create_socket(e, d, XDP_FLAGS_DRV_MODE);
-        e->st.xdp_mode = BP_XDP_NATIVE;
-    }
-    if (rc && mode != BP_XDP_NATIVE) {
-        rc = create_socket(e, d, XDP_FLAGS_SKB_MODE);
-        e->st.xdp_mode = BP_XDP_SKB;
-    }
+    rc = create_socket(e, d);
     if (rc) {
-        bp_fail(e, "xsk_socket__create on %s queue %u: %s (needs CAP_NET_ADMIN and CAP_BPF, "
-                "libxdp's XDP program, and a free queue; EBUSY: another AF_XDP socket holds it)",
-                e->cfg.ifname, e->cfg.queue, strerror(-rc));
+        bp_fail(e, "xsk_socket__create on %s queue %u: %s (needs CAP_NET_ADMIN and a free "
+                "queue; EBUSY: another AF_XDP socket holds it)", e->cfg.ifname, e->cfg.queue,
+                strerror(-rc));
         goto fail;
     }
     d->fd = xsk_socket__fd(d->xsk);
     set_busy_poll(e, d);
+    d->map_fd = bpf_map_create(BPF_MAP_TYPE_XSKMAP, "al_xsks", sizeof(int), sizeof(int),
+                               e->cfg.queue + 1, NULL);
+    if (d->map_fd < 0) {
+        bp_fail(e, "cannot create the XSK map: %s (needs CAP_BPF)", strerror(-d->map_fd));
+        goto fail;
+    }
+    int key = (int)e->cfg.queue;
+    if (bpf_map_update_elem(d->map_fd, &key, &d->fd, 0)) {
+        bp_fail(e, "cannot put the XSK in its map: %s", strerror(errno));
+        goto fail;
+    }
+    d->prog_fd = load_program(e, d->map_fd);
+    if (d->prog_fd < 0 || attach_program(e, d))
+        goto fail;
 
     uint32_t idx;
     if (xsk_ring_prod__reserve(&d->fq, RX_FRAMES, &idx) != RX_FRAMES) {
@@ -302,13 +376,17 @@ static void xsk_teardown(struct bp_engine *e)
     struct xsk_drv *d = e->drv;
     if (!d)
         return;
+    if (d->attach_flags)  /* first, so no frame is redirected to a closing socket */
+        bpf_xdp_detach(d->ifindex, d->attach_flags, NULL);
     if (d->xsk)
-        xsk_socket__delete(d->xsk);  /* also detaches libxdp's program when it was the last */
+        xsk_socket__delete(d->xsk);
     if (d->umem)
         xsk_umem__delete(d->umem);
     free(d->area);
-    if (d->ifindex && d->xsk)
-        detach_xsk_program(d->ifindex);  /* `ip link` must show no XDP program after stop */
+    if (d->prog_fd >= 0)
+        close(d->prog_fd);
+    if (d->map_fd >= 0)
+        close(d->map_fd);
     free(d);
     e->drv = NULL;
 }

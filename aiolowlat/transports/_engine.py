@@ -128,7 +128,7 @@ class Engine:
         self._stats = ffi.new("struct bp_stats *")
         mac, ip = ffi.new("uint8_t[6]"), ffi.new("uint32_t *")
         lib.bp_local(handle, mac, ip)
-        self.mac = ":".join(f"{b:02x}" for b in ffi.buffer(mac))
+        self.mac = bytes(ffi.buffer(mac)).hex(":")
         self.local_ip, self.port = str(ipaddress.IPv4Address(ip[0])), port
         self.max_payload = lib.bp_max_payload(handle)
 
