@@ -242,3 +242,18 @@ def test_cli_runs_for_seconds():
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("exchange simulator on wss://127.0.0.1:")
     assert msgspec.json.decode(lines[-1])["connections"] == 0
+
+
+@pytest.mark.parametrize("example", ["binance_trades.py", "cross_venue_spread.py"])
+def test_examples_run_on_the_simulator_and_stop(example):
+    proc = subprocess.run(
+        [sys.executable, f"examples/{example}", "--seconds", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    if example == "binance_trades.py":
+        assert "BTCUSDT" in proc.stdout and "drops=0" in proc.stdout
+    else:
+        assert "cross-venue spread" in proc.stdout
+        for venue in VENUES:
+            assert f"\n{venue} " in proc.stdout
