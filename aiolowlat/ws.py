@@ -156,26 +156,27 @@ class WSTransport(asyncio.BufferedProtocol):
                 self._flush()
                 return
             core.commit(nbytes)
-            frame, on_frame = self._frame, self._on_frame
+            frame, on_frame, view = self._frame, self._on_frame, core.view
             frame.rx_ns = rx_ns
             while True:
-                n = core.scan()
-                if n:
-                    kinds, offs, sizes, view = core.kinds, core.offs, core.sizes, core.view
-                    for i in range(n):
-                        kind = kinds[i]
-                        if kind == 0x81 or kind == 0x82:  # one-frame message, checked in C
-                            o = offs[i]
-                            frame.opcode = kind & 15
-                            frame.payload = view[o : o + sizes[i]]
-                            on_frame(self, frame)
-                        else:
-                            event = core.handle_frame(i)
-                            if event is not None:
-                                self._event(event, rx_ns)
-                                frame.rx_ns = rx_ns
-                if not core.scan_done(n):
+                core.scan()
+                it = iter(core.frames)
+                for meta, size in zip(it, it):
+                    kind = meta & 255
+                    if kind == 0x81 or kind == 0x82:  # a one-frame message, checked in C
+                        o = meta >> 8
+                        frame.opcode = kind & 15
+                        frame.payload = view[o : o + size]
+                        on_frame(self, frame)
+                    else:
+                        event = core.handle_frame(meta, size)
+                        if event is not None:
+                            self._event(event, rx_ns)
+                            if core.state is State.CLOSED:
+                                break  # nothing follows a close frame
+                if not core.scan_done():
                     break
+                view = core.view  # a grown buffer
             if core._out:
                 self._flush()
         except (ProtocolError, InvalidHandshake) as exc:

@@ -12,8 +12,9 @@ static inline uint64_t load64(const uint8_t *p)
 }
 
 /* ASCII in 8-byte words first; the multi-byte rules of RFC 3629 byte by byte. */
-int al_ws_utf8_valid(const uint8_t *s, size_t len)
+int al_ws_utf8_valid(const char *buf, size_t len)
 {
+    const uint8_t *s = (const uint8_t *)buf;
     size_t i = 0;
     while (i < len) {
         if (i + 8 <= len && !(load64(s + i) & 0x8080808080808080ULL)) {
@@ -49,14 +50,20 @@ int al_ws_utf8_valid(const uint8_t *s, size_t len)
     return 1;
 }
 
-int al_ws_scan(const uint8_t *buf, size_t len, uint64_t *off, uint64_t *size, uint8_t *kind,
+int al_ws_scan(const char *base, size_t start, size_t end, size_t room, uint64_t *frames,
                int cap, uint64_t max_frame, int flags, al_ws_scan_state *st)
 {
-    size_t pos = 0;
-    int n = 0;
+    const uint8_t *buf = (const uint8_t *)base + start;
+    size_t len = end - start, pos = 0;
+    int n = 0, stop = 0;
     st->need = 0;
     st->error = AL_WS_OK;
-    while (n < cap && len - pos >= 2) {
+    for (;;) {
+        if (n == cap) {
+            stop = AL_WS_STOP_FULL;
+            break;
+        }
+        if (len - pos < 2) break;
         const uint8_t *p = buf + pos;
         uint8_t b0 = p[0], b1 = p[1];
         uint8_t opcode = b0 & 0x0F;
@@ -93,26 +100,30 @@ int al_ws_scan(const uint8_t *buf, size_t len, uint64_t *off, uint64_t *size, ui
         }
         if (err) {
             st->error = err;
+            stop = AL_WS_STOP_ERROR;
             break;
         }
         if (plen > len - pos - hdr) {
-            st->need = hdr + plen;
+            if (hdr + plen > room - start - pos) {
+                st->need = hdr + plen;
+                stop = AL_WS_STOP_NEED;
+            }
             break;
         }
         if (b0 == (AL_WS_FIN | 1) && (flags & AL_WS_CHECK_UTF8) &&
-            !al_ws_utf8_valid(p + hdr, plen)) {
+            !al_ws_utf8_valid((const char *)p + hdr, plen)) {
             st->error = AL_WS_E_UTF8;
+            stop = AL_WS_STOP_ERROR;
             break;
         }
         if (opcode < 8) st->fragmented = !(b0 & 0x80);
-        off[n] = pos + hdr;
-        size[n] = plen;
-        kind[n] = b0;
+        frames[2 * n] = (uint64_t)(start + pos + hdr) << 8 | b0;
+        frames[2 * n + 1] = plen;
         n++;
         pos += hdr + plen;
     }
     st->consumed = pos;
-    return n;
+    return n | stop << AL_WS_STOP_SHIFT;
 }
 
 void al_ws_mask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *key)
@@ -144,9 +155,9 @@ static int next_key(uint8_t *key)
     return 0;
 }
 
-size_t al_ws_encode(uint8_t *out, uint8_t first, const uint8_t *payload, size_t len,
-                    int masked)
+size_t al_ws_encode(uint8_t *out, uint8_t first, const char *data, size_t len, int masked)
 {
+    const uint8_t *payload = (const uint8_t *)data;
     size_t h = 2;
     uint8_t m = masked ? 0x80 : 0;
     out[0] = first;
@@ -171,22 +182,21 @@ size_t al_ws_encode(uint8_t *out, uint8_t first, const uint8_t *payload, size_t 
     return h + 4 + len;
 }
 
-long al_ws_join(const uint8_t *buf, const uint64_t *off, const uint64_t *size,
-                const uint8_t *kind, int n, uint8_t want, uint8_t *out, size_t cap,
-                uint8_t open, uint8_t sep, uint8_t close, int *count)
+long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
+                uint8_t *out, size_t cap, uint8_t open, uint8_t sep, uint8_t close)
 {
     size_t pos = 0;
     int c = 0;
     if (cap < 2) return -1;
     out[pos++] = open;
     for (int i = 0; i < n; i++) {
-        if (kind[i] != want) continue;
-        if (size[i] + 2 > cap - pos) return -1;
+        uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
+        if ((uint8_t)meta != want) continue;
+        if (size + 2 > cap - pos) return -1;
         if (c++) out[pos++] = sep;
-        memcpy(out + pos, buf + off[i], size[i]);
-        pos += size[i];
+        memcpy(out + pos, buf + (meta >> 8), size);
+        pos += size;
     }
     out[pos++] = close;
-    *count = c;
     return (long)pos;
 }

@@ -21,6 +21,16 @@ enum {
 /* Scan options. */
 enum { AL_WS_ALLOW_RSV1 = 1, AL_WS_CHECK_UTF8 = 2 };
 
+/* Why al_ws_scan returned, in the bits above the frame count (AL_WS_STOP_SHIFT up): so one
+ * call answers the common case, and the state is read only when something else happened. */
+enum {
+    AL_WS_STOP_SHIFT = 16,
+    AL_WS_COUNT_MASK = 0xFFFF,
+    AL_WS_STOP_FULL = 1, /* cap frames found: scan again */
+    AL_WS_STOP_NEED = 2, /* a partial frame larger than the room left: st->need */
+    AL_WS_STOP_ERROR = 4 /* a bad frame: st->error */
+};
+
 /* Frame kind byte = the frame's first byte: opcode | rsv1 << 6 | fin << 7. */
 enum { AL_WS_FIN = 128, AL_WS_RSV1 = 64 };
 
@@ -31,15 +41,17 @@ typedef struct {
     int fragmented;  /* in/out: inside a fragmented data message */
 } al_ws_scan_state;
 
-/* Parse the headers of every whole frame in buf[0:len] (at most cap) into off/size/kind:
- * payload offset and length within buf and the kind byte. Stops at a partial frame, at
- * cap, or at the first bad frame (st->error). Returns the number of frames found. */
-int al_ws_scan(const uint8_t *buf, size_t len, uint64_t *off, uint64_t *size, uint8_t *kind,
+/* Parse the headers of every whole frame in buf[start:end] (at most cap, cap < 65536)
+ * into frames[2i] = payload offset in buf << 8 | kind byte, frames[2i+1] = payload
+ * length. Stops at a partial frame, at cap, or at the first bad frame (st->error).
+ * Returns the number of frames | AL_WS_STOP_* << AL_WS_STOP_SHIFT; st->consumed is set
+ * always, st->need when a partial frame will not fit before buf[room] (the buffer's end). */
+int al_ws_scan(const char *buf, size_t start, size_t end, size_t room, uint64_t *frames,
                int cap, uint64_t max_frame, int flags, al_ws_scan_state *st);
 
 /* 1 if buf[0:len] is well-formed UTF-8 (no overlongs, surrogates or code points past
  * U+10FFFF), else 0. */
-int al_ws_utf8_valid(const uint8_t *buf, size_t len);
+int al_ws_utf8_valid(const char *buf, size_t len);
 
 /* dst[i] = src[i] ^ key[i % 4], eight bytes at a time; dst may equal src. */
 void al_ws_mask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *key);
@@ -47,14 +59,12 @@ void al_ws_mask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *key
 /* Write one frame into out (room for len + 14 bytes): first byte as given (fin, rsv1,
  * opcode), the length, and, if masked, a fresh random key and the masked payload.
  * Returns the frame's size, or 0 if the kernel's random source failed. */
-size_t al_ws_encode(uint8_t *out, uint8_t first, const uint8_t *payload, size_t len,
-                    int masked);
+size_t al_ws_encode(uint8_t *out, uint8_t first, const char *payload, size_t len, int masked);
 
-/* Write open, the payloads of frames [0, n) whose kind equals want joined by sep, and
- * close into out (a JSON array of messages for one decoder call). Returns the bytes
- * written, or -1 if cap is too small. *count gets how many payloads were joined. */
-long al_ws_join(const uint8_t *buf, const uint64_t *off, const uint64_t *size,
-                const uint8_t *kind, int n, uint8_t want, uint8_t *out, size_t cap,
-                uint8_t open, uint8_t sep, uint8_t close, int *count);
+/* Write open, the payloads of scanned frames [0, n) of buf whose kind equals want joined
+ * by sep, and close into out: e.g. a JSON array of messages for one
+ * decoder call. Returns the bytes written, or -1 if cap is too small. */
+long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
+                uint8_t *out, size_t cap, uint8_t open, uint8_t sep, uint8_t close);
 
 #endif

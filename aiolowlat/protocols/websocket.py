@@ -43,6 +43,7 @@ __all__ = [
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADERS = 64 * 1024  # a longer handshake response is refused
 SCAN_CAP = 1024  # frames per C scan call
+_scan, _encode, _unpack = lib.al_ws_scan, lib.al_ws_encode, ffi.unpack
 MIN_READ = 64 * 1024  # free space get_buffer() guarantees
 
 
@@ -323,9 +324,8 @@ class ClientProtocol:
         self._ptr = ffi.from_buffer(self._buf)
         self._start = self._end = 0
         self._scan = ffi.new("al_ws_scan_state *")
-        self._offs = ffi.new("uint64_t[]", SCAN_CAP)
-        self._sizes = ffi.new("uint64_t[]", SCAN_CAP)
-        self._kinds = ffi.new("uint8_t[]", SCAN_CAP)
+        self._frames = ffi.new("uint64_t[]", 2 * SCAN_CAP)
+        self._stop = 0
         self._flags = lib.AL_WS_CHECK_UTF8
         self._obuf = ffi.new("uint8_t[]", 65536)  # reused for every frame that fits
         # A fragmented message being assembled: (opcode, compressed, parts, size).
@@ -336,9 +336,7 @@ class ClientProtocol:
         self._frag_utf8 = None
         # The frame arrays of the last scan (what the adapters' fast paths iterate).
         self.view = self._view
-        self.kinds: list[int] = []
-        self.offs: list[int] = []
-        self.sizes: list[int] = []
+        self.frames: list[int] = []
 
     # -- handshake ---------------------------------------------------------------------
 
@@ -424,6 +422,7 @@ class ClientProtocol:
             buf = bytearray(size)
             buf[:used] = self._view[self._start : self._end]
             self._buf, self._view, self._ptr = buf, memoryview(buf), ffi.from_buffer(buf)
+            self.view = self._view
         elif used:
             self._buf[:used] = self._view[self._start : self._end]
         self._start, self._end = 0, used
@@ -479,52 +478,57 @@ class ClientProtocol:
         if self.state is State.CLOSED:
             self._start = self._end = 0  # anything after the close frame is discarded
         while self.state is not State.CLOSED:
-            n = self.scan()
-            kinds, offs, sizes, view = self.kinds, self.offs, self.sizes, self.view
-            for i in range(n):
-                if kinds[i] == 0x81 or kinds[i] == 0x82:
-                    o = offs[i]
-                    events.append(Message(kinds[i] & 15, bytes(view[o : o + sizes[i]])))
+            self.scan()
+            view, it = self.view, iter(self.frames)
+            for meta, size in zip(it, it):
+                kind = meta & 255
+                if kind == 0x81 or kind == 0x82:
+                    o = meta >> 8
+                    events.append(Message(kind & 15, bytes(view[o : o + size])))
                 else:
-                    event = self.handle_frame(i)
+                    event = self.handle_frame(meta, size)
                     if event is not None:
                         events.append(event)
                     if self.state is State.CLOSED:
                         break
-            if not self.scan_done(n):
+            if not self.scan_done():
                 return
 
     def scan(self) -> int:
-        """Parse the buffered whole frames' headers (in C) into ``kinds/offs/sizes``.
+        """Parse the buffered whole frames' headers (in C) into ``frames``.
 
-        Offsets index ``view``. Plain single-frame text (0x81, UTF-8 already checked)
-        and binary (0x82) messages can be read straight from ``view``; every other
-        frame goes through ``handle_frame(i)``; then ``scan_done(n)`` must follow.
+        ``frames`` holds two ints per frame: payload offset in ``view`` << 8 | the frame's
+        first byte, and payload length. Plain one-frame text (0x81, UTF-8 already checked)
+        and binary (0x82) messages can be read straight from ``view``; every other frame
+        goes through ``handle_frame(meta, size)``; then ``scan_done()`` must follow.
         """
-        start = self._start
-        n = lib.al_ws_scan(
-            self._ptr + start, self._end - start, self._offs, self._sizes, self._kinds,
-            SCAN_CAP, self.max_frame_size, self._flags, self._scan,
+        r = _scan(
+            self._ptr, self._start, self._end, len(self._buf), self._frames, SCAN_CAP,
+            self.max_frame_size, self._flags, self._scan,
         )  # fmt: skip
+        n = r & 0xFFFF
+        self._stop = r >> 16
         if n:
-            self.kinds = ffi.unpack(self._kinds, n)
-            self.offs = ffi.unpack(self._offs, n)
-            self.sizes = ffi.unpack(self._sizes, n)
-            self.view = self._view[start:]
+            f = self.frames = _unpack(self._frames, 2 * n)
+            self._start = (f[-2] >> 8) + f[-1]  # the end of the last frame
+        else:
+            self.frames = []
         return n
 
-    def scan_done(self, n: int) -> bool:
+    def scan_done(self) -> bool:
         """Release the frames of the last scan; True if another scan may find more."""
-        scan = self._scan
-        self._start += scan.consumed
         if self._start == self._end:
             self._start = self._end = 0
-        if scan.error:
+        stop = self._stop
+        if not stop:
+            return False
+        scan = self._scan
+        if stop & lib.AL_WS_STOP_ERROR:
             code, reason = _SCAN_ERRORS[scan.error]
             self.fail(code, reason)
-        if scan.need and scan.need > len(self._buf) - self._start:
+        if stop & lib.AL_WS_STOP_NEED:
             self._make_room(scan.need - (self._end - self._start))  # a big frame: grow
-        return n == SCAN_CAP
+        return bool(stop & lib.AL_WS_STOP_FULL)
 
     def fail(self, code: int, reason: str):
         """Fail the connection: queue a close frame with ``code`` and raise ProtocolError."""
@@ -535,10 +539,10 @@ class ClientProtocol:
         self._start = self._end = 0
         raise ProtocolError(code, reason)
 
-    def handle_frame(self, i: int):
+    def handle_frame(self, meta: int, size: int):
         """Everything but a plain single-frame message: control frames, fragments, deflate."""
-        kind, o = self.kinds[i], self.offs[i]
-        payload = bytes(self.view[o : o + self.sizes[i]])
+        kind, o = meta & 255, meta >> 8
+        payload = bytes(self.view[o : o + size])
         opcode = kind & 15
         if self.state is State.CLOSED:
             return None
@@ -606,8 +610,11 @@ class ClientProtocol:
     # -- sending -----------------------------------------------------------------------
 
     def _frame(self, first: int, payload) -> bytes:
-        out = self._obuf if len(payload) <= 65536 - 14 else ffi.new("uint8_t[]", len(payload) + 14)
-        size = lib.al_ws_encode(out, first, ffi.from_buffer(payload), len(payload), 1)
+        n = len(payload)
+        out = self._obuf if n <= 65536 - 14 else ffi.new("uint8_t[]", n + 14)
+        if type(payload) is not bytes:
+            payload = ffi.from_buffer(payload)
+        size = _encode(out, first, payload, n, 1)
         if not size:  # pragma: no cover - getrandom failed
             raise OSError("getrandom() failed: no masking key")
         return ffi.buffer(out, size)[:]
