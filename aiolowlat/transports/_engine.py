@@ -105,6 +105,7 @@ class Engine:
     """A started engine: stats, local address, stop. Start blocks until the queue is ours."""
 
     def __init__(self, kind: str, cfg: EngineConfig, local_ip: str, port: int, groups=()):
+        self._handle = None
         if lib is None:
             raise TransportUnavailableError(
                 f"transport {kind!r} needs aiolowlat's bypass module, which is not built: "
@@ -155,7 +156,7 @@ class Engine:
             lib.bp_stop(handle)
 
     def __del__(self):
-        self.stop()
+        self.stop()  # an engine must not outlive its owner: it holds a NIC queue
 
 
 class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
