@@ -230,7 +230,7 @@ def check_hugepages() -> Check:
     sizes = []
     free_any = False
     for base in sorted(glob.glob("/sys/kernel/mm/hugepages/hugepages-*kB")):
-        size = base.rsplit("-", 1)[1]
+        size = f"{int(base.rsplit('-', 1)[1][:-2]) // 1024} MiB"
         nr, free = read_text(base + "/nr_hugepages"), read_text(base + "/free_hugepages")
         sizes.append(f"{size}: {nr} reserved, {free} free")
         free_any = free_any or (free or "0") != "0"

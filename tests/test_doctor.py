@@ -116,7 +116,7 @@ def test_hugepages_follow_what_is_reserved():
     mounted = " hugetlbfs " in read("/proc/mounts")
     before = doctor.check_hugepages()
     free = int(read(f"{HUGE}/free_hugepages"))
-    assert f"2048kB: {read(f'{HUGE}/nr_hugepages')} reserved, {free} free" in before.found
+    assert f"2 MiB: {read(f'{HUGE}/nr_hugepages')} reserved, {free} free" in before.found
     with Tuner() as tuner:
         assert tuner.hugepages(free + 1, reserve=True).applied
         after = doctor.check_hugepages()
