@@ -96,6 +96,10 @@ class VenueAdapter:
             self.counters.drops += 1
             return []
 
+    def has_requests(self) -> bool:
+        """Whether messages or snapshot requests wait (checked after every message)."""
+        return bool(self._outbox)
+
     def take_outgoing(self) -> list[str]:
         """Messages the adapter wants sent now (resubscriptions, pongs)."""
         out, self._outbox = self._outbox, []

@@ -140,6 +140,9 @@ class BinanceAdapter(VenueAdapter):
         self._requests.clear()
         self._sync = {s: _SyncState() for s in self.symbols}
 
+    def has_requests(self) -> bool:
+        return bool(self._outbox or self._requests)
+
     def take_snapshot_requests(self) -> list[tuple[str, str]]:
         out, self._requests = self._requests, []
         return out

@@ -225,7 +225,8 @@ async def _serve_connection(
             rx_ns = getattr(ws, "rx_ns", 0) or time.time_ns()
             for event in adapter.on_message(data, rx_ns):
                 on_event(event)
-            await pump()
+            if adapter.has_requests():
+                await pump()
     except asyncio.CancelledError:
         reason = "cancelled"
         raise
