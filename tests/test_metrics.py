@@ -219,7 +219,10 @@ def test_periodic_summaries_go_through_structlog(loop):
         task = asyncio.ensure_future(log_summaries(reg, 0.02))
         for v in (10, 20, 30):
             hist.record(v)
-        await asyncio.sleep(0.15)
+        for _ in range(500):  # until two summaries are written (the writer polls every 20 ms)
+            if stream.getvalue().count("\n") >= 2:
+                break
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
