@@ -78,11 +78,15 @@ async def stop(*tasks):
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def test_every_venue_keeps_the_simulators_book(loop):
+@pytest.mark.parametrize("client", ["aiolowlat", "websockets"])
+def test_every_venue_keeps_the_simulators_book(loop, client):
+    # The runner takes any connect with websockets' shape; aiolowlat.ws is its default.
+    connect = websockets.connect if client == "websockets" else None
+
     async def main():
         async with WsExchange(seed=7, rate=100) as sim:
             events = {v: [] for v in VENUES}
-            feeds = {v: start_feed(sim, v, events[v]) for v in VENUES}
+            feeds = {v: start_feed(sim, v, events[v], connect=connect) for v in VENUES}
             await wait_until(lambda: all(len(e) > 60 for e in events.values()), 10, "traffic")
             for venue, (adapter, _) in feeds.items():
                 await settle(sim, adapter, SYMBOL[venue])
