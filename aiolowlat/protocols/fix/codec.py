@@ -318,18 +318,18 @@ class FrameReader:
     def _resync(self, buf: bytes, pos: int, reason: str):
         """Drop a frame whose header or length is wrong: through its CheckSum field if one is
         in the buffer, else up to the next BeginString."""
-        nxt = buf.find(b"\x018=", pos + 1)
+        nxt = buf.find(b"8=FIX", pos + 1)
         trailer = buf.find(b"\x0110=", pos)
         if 0 <= trailer and (nxt < 0 or trailer < nxt):
             term = buf.find(SOH, trailer + 1)
             if term >= 0:
-                nxt = term
+                nxt = term + 1
         if nxt < 0:
             if len(buf) - pos <= self.max_size:
                 return None  # wait for the rest of the frame
-            nxt = len(buf) - 1
-        yield self._drop(buf[pos : nxt + 1], reason)
-        return nxt + 1
+            nxt = len(buf)
+        yield self._drop(buf[pos:nxt], reason)
+        return nxt
 
     def _drop(self, data: bytes, reason: str) -> Garbled:
         self.garbled_bytes += len(data)
@@ -381,13 +381,13 @@ _last_second = [-1, b""]
 
 def format_utc(ts: float, millis: bool = True) -> bytes:
     """UTCTimestamp ``YYYYMMDD-HH:MM:SS.sss`` for a Unix time."""
-    sec = int(ts)
+    sec, ms = divmod(round(ts * 1000), 1000)  # round: 0.123 is 0.12299.. as a float
     if sec != _last_second[0]:
         _last_second[0] = sec
         _last_second[1] = time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(sec)).encode()
     if not millis:
         return _last_second[1]
-    return _last_second[1] + b".%03d" % int((ts - sec) * 1000)
+    return _last_second[1] + b".%03d" % ms
 
 
 _day_cache: dict[bytes, int] = {}
