@@ -2,8 +2,10 @@
 
 A log call on the loop thread does only cheap work (level filter, context merge, a
 nanosecond timestamp) and appends the event dict to a bounded deque; a writer thread
-renders it (JSON or console) and writes it. When the deque is full the record is
-dropped and counted, and the writer reports the count as a ``log.dropped`` record.
+renders it (JSON or console) and writes it, in short slices so the loop thread gets
+the GIL back quickly. When the deque is full the record is dropped and counted, and
+the writer reports the count as a ``log.dropped`` record. Hot code should keep a
+bound logger (``structlog.get_logger().bind()``): the lazy proxy rebuilds it per call.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ __all__ = ["LogWriter", "setup_logging"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+_SLICE, _PAUSE = 16, 20e-6  # records rendered per slice, pause between slices (s)
 
 
 def _stamp(_logger, _method, event_dict):
@@ -56,21 +61,18 @@ class LogWriter:
 
     # -- the caller's side: the last structlog processor --
 
-    def __call__(self, _logger, _method, event_dict):
-        """Queue the record (or count it dropped) and stop structlog's own output."""
+    def put(self, event_dict: dict) -> None:
+        """Queue a record, or count it dropped when the queue is full."""
         queue = self._queue
         if len(queue) < self.queue_size:
             queue.append(event_dict)
         else:
             self.dropped += 1
-        raise structlog.DropEvent
 
-    def put(self, event_dict: dict) -> None:
-        """Queue a record built elsewhere (the stdlib logging bridge)."""
-        try:
-            self(None, None, event_dict)
-        except structlog.DropEvent:
-            pass
+    def __call__(self, _logger, _method, event_dict) -> str:
+        """The last structlog processor: queue the record; the ReturnLogger gets ""."""
+        self.put(event_dict)
+        return ""
 
     # -- the writer thread --
 
@@ -104,6 +106,11 @@ class LogWriter:
     def _drain(self) -> None:
         queue, lines = self._queue, []
         while queue:
+            if len(lines) == _SLICE:
+                # Hand the GIL back to the loop thread: rendering a long backlog in one go
+                # would keep it waiting up to the 5 ms switch interval.
+                self._write(lines)
+                time.sleep(_PAUSE)
             item = queue.popleft()
             if isinstance(item, threading.Event):  # a flush() marker: all before it is out
                 self._write(lines)
