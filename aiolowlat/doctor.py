@@ -136,8 +136,8 @@ def _uring_features() -> str:
             os.close(ring)
             setups.append(name)
     names = [n for i, n in enumerate(_FEATURES) if features >> i & 1]
-    return (f"features {' '.join(names)}; setup {' '.join(setups) or 'no SQPOLL, SINGLE_ISSUER '}"
-            f"; {ops}")
+    setup = " ".join(setups) or "none of " + ", ".join(_SETUP_FLAGS)
+    return f"features {' '.join(names)}; setup {setup}; {ops}"
 
 
 def check_io_uring() -> Check:
