@@ -548,8 +548,6 @@ class ClientProtocol:
             return None
         if opcode >= 8:
             return self._control(opcode, payload)
-        if self.state is State.CLOSING:
-            return None  # data after our close frame is discarded (RFC 6455 1.4)
         fin, compressed = kind & 0x80, kind & 0x40
         if opcode:  # first frame of a message
             if fin:
@@ -577,7 +575,10 @@ class ClientProtocol:
 
     def _message(self, opcode: int, data: bytes, compressed, checked: bool = False) -> Message:
         if compressed:
-            data = self._deflater.decompress(data, self.max_size)
+            try:
+                data = self._deflater.decompress(data, self.max_size)
+            except ProtocolError as exc:
+                self.fail(exc.code, exc.reason)
             checked = False
         elif len(data) > self.max_size:
             self.fail(1009, f"message over {self.max_size} bytes")
