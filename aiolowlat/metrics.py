@@ -27,6 +27,7 @@ __all__ = [
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 SUMMARY_QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
@@ -197,11 +198,14 @@ class MetricsRegistry:
 
     ``histogram``/``counter`` return the same object for the same name and labels, so
     components look theirs up once and keep the reference for the hot path.
-    ``counter_fn`` exposes a count another component already keeps (read when queried).
+    ``counter_fn`` and ``counter_group`` expose counts other components already keep
+    (a loop's ``ring_stats()``, a feed handler's ``counters()``), read when queried.
     """
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
+        self._groups: list[tuple[str, Callable[[], dict], str, tuple]] = []
+        self.read_errors = 0  # counter_fn / counter_group callables that raised when read
 
     def _series(self, name: str, kind: str, help: str, labels, make):
         if not _NAME_RE.match(name):
@@ -234,13 +238,48 @@ class MetricsRegistry:
             raise ValueError(f"metric {name!r} {labels or ''} is already registered")
         self._series(name, "counter", help, labels, lambda: fn)
 
+    def counter_group(self, prefix: str, fn: Callable[[], dict[str, int]], help: str = "",
+                      labels: dict[str, str] | None = None) -> None:
+        """Expose every ``key: count`` of ``fn()`` as a counter ``<prefix>_<key>``."""
+        if not _NAME_RE.match(prefix):
+            raise ValueError(f"invalid metric prefix {prefix!r}")
+        self._groups.append((prefix, fn, help, _label_key(labels)))
+
+    def _collect(self) -> dict[str, tuple[str, str, list]]:
+        """name -> (kind, help, [(label key, series or value)]) over everything registered."""
+        out = {}
+        for name, family in self._families.items():
+            samples = []
+            for key, series in family.series.items():
+                if family.kind == "counter":
+                    series = self._value(series)
+                    if series is None:
+                        continue
+                samples.append((key, series))
+            out[name] = (family.kind, family.help, samples)
+        for prefix, fn, help, key in self._groups:
+            try:
+                counts = fn()
+            except Exception:  # a component that is gone: the scrape goes on, and says so
+                self.read_errors += 1
+                continue
+            for name, value in counts.items():
+                full = f"{prefix}_{_INVALID_NAME_CHARS.sub('_', name)}"
+                kind, _, samples = out.setdefault(full, ("counter", help, []))
+                if kind == "counter":
+                    samples.append((key, int(value)))
+        if self.read_errors:
+            out["metrics_read_errors_total"] = (
+                "counter", "counter_fn/counter_group reads that raised", [((), self.read_errors)])
+        return out
+
     def snapshot(self) -> dict:
         """Every metric as plain data: counters as ints, histograms as their summaries."""
         out = {}
-        for name, family in self._families.items():
-            for key, series in family.series.items():
+        for name, (kind, _, samples) in self._collect().items():
+            for key, series in samples:
                 label = name + ("{" + ",".join(f"{k}={v}" for k, v in key) + "}" if key else "")
-                out[label] = series.summary() if family.kind == "histogram" else _read(series)
+                out[label] = series.summary() if kind == "histogram" else series
         return out
 
     def reset_histograms(self) -> None:
@@ -253,16 +292,18 @@ class MetricsRegistry:
     def render_prometheus(self) -> str:
         """The text exposition format 0.0.4; histograms are summaries with quantiles."""
         lines = []
-        for name, family in self._families.items():
-            if family.help:
-                lines.append(f"# HELP {name} {_escape_help(family.help)}")
-            if family.kind == "counter":
+        for name, (kind, help, samples) in self._collect().items():
+            if not samples:
+                continue
+            if help:
+                lines.append(f"# HELP {name} {_escape_help(help)}")
+            if kind == "counter":
                 lines.append(f"# TYPE {name} counter")
-                for key, series in family.series.items():
-                    lines.append(f"{name}{_labels(key)} {_read(series)}")
+                for key, series in samples:
+                    lines.append(f"{name}{_labels(key)} {series}")
                 continue
             lines.append(f"# TYPE {name} summary")
-            for key, hist in family.series.items():
+            for key, hist in samples:
                 values = hist.percentiles(*(q * 100 for q in SUMMARY_QUANTILES))
                 for q, value in zip(SUMMARY_QUANTILES, values):
                     lines.append(f"{name}{_labels(key + (('quantile', str(q)),))} {value}")
@@ -270,9 +311,14 @@ class MetricsRegistry:
                 lines.append(f"{name}_count{_labels(key)} {hist.count}")
         return "\n".join(lines) + "\n"
 
-
-def _read(series) -> int:
-    return series() if callable(series) else series.value
+    def _value(self, series: Counter | Callable[[], int]) -> int | None:
+        if isinstance(series, Counter):
+            return series.value
+        try:
+            return int(series())
+        except Exception:  # not reported as 0: a counter that drops reads as a reset
+            self.read_errors += 1
+            return None
 
 
 def _escape_help(text: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from conftest import run
 from prometheus_client.parser import text_string_to_metric_families
 
+import aiolowlat
 from aiolowlat.log import setup_logging
 from aiolowlat.metrics import Histogram, MetricsRegistry, log_summaries, serve_prometheus
 
@@ -236,3 +237,60 @@ def test_periodic_summaries_go_through_structlog(loop):
     assert first["drops_total"] == 3
     assert first["rtt_ns"]["count"] == 3 and first["rtt_ns"]["max"] == 30
     assert records[1]["rtt_ns"]["count"] == 0  # reset after each summary
+
+
+def test_counter_groups_expose_a_real_loops_ring_counters():
+    reg = MetricsRegistry()
+    lp = aiolowlat.new_event_loop()
+    reg.counter_group("aiolowlat_ring", lp.ring_stats, "io_uring core counters")
+
+    async def echo_once():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping\n")
+        assert await reader.readline() == b"ping\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    async def echo(reader, writer):
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    try:
+        run(lp, echo_once())
+        stats = lp.ring_stats()
+        families = {f.name: f for f in text_string_to_metric_families(reg.render_prometheus())}
+    finally:
+        lp.close()
+    assert stats["cqes"] > 0 and stats["recv_arms"] > 0
+    for key in ("cqes", "recv_arms", "enobufs", "sq_full"):
+        [sample] = families[f"aiolowlat_ring_{key}"].samples
+        assert sample.value >= (1 if key in ("cqes", "recv_arms") else 0)
+    # The loop is closed: its stats raise; the scrape goes on and counts the failed read.
+    reg.counter("drops_total").inc()
+    families = {f.name: f for f in text_string_to_metric_families(reg.render_prometheus())}
+    assert "aiolowlat_ring_cqes" not in families and families["drops"].samples[0].value == 1
+    assert families["metrics_read_errors"].samples[0].value == 1
+
+
+def test_counter_groups_with_labels_share_one_family():
+    reg = MetricsRegistry()
+    feeds = {"A": {"gaps": 2, "drops": 0}, "B": {"gaps": 5, "drops": 1, "bad-key": 3}}
+    for line, counts in feeds.items():
+        reg.counter_group("feed", lambda c=counts: c, "feed handler counters", {"line": line})
+    reg.counter_fn("broken_total", lambda: 1 // 0)
+    text = reg.render_prometheus()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {(s.labels["line"], s.value) for s in families["feed_gaps"].samples} == {
+        ("A", 2), ("B", 5)}
+    assert families["feed_bad_key"].samples[0].labels == {"line": "B"}
+    assert "broken" not in families  # not reported as 0
+    assert text.count("# TYPE feed_gaps counter") == 1
+    snap = reg.snapshot()
+    assert snap["feed_gaps{line=B}"] == 5 and snap["metrics_read_errors_total"] == 2
+    with pytest.raises(ValueError, match="invalid metric prefix"):
+        reg.counter_group("bad prefix", dict)
