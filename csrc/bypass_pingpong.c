@@ -89,7 +89,7 @@ static int client(const char *host, int port, int count, int size, int core)
     int64_t start = now_ns();
     for (int i = 0; i < count && lost < 100; i++) {
         int64_t t0 = now_ns();
-        memcpy(buf, &i, sizeof i);
+        memcpy(buf + 1, &i, sizeof i);  /* buf[0] stays "p": "f" marks flood datagrams */
         if (send(fd, buf, (size_t)size, 0) < 0) {
             lost++;
             continue;
@@ -98,8 +98,8 @@ static int client(const char *host, int port, int count, int size, int core)
         ssize_t n;
         do {  /* skip a late answer to an earlier ping */
             n = spin_recv(fd, buf, sizeof buf, t0 + 200 * 1000 * 1000);
-            memcpy(&got, buf, sizeof got);
-        } while (n >= 4 && got != i);
+            memcpy(&got, buf + 1, sizeof got);
+        } while (n >= 5 && got != i);
         if (n < 0) {
             lost++;
             continue;

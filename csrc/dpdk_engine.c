@@ -95,7 +95,7 @@ static int probe_port(struct bp_engine *e, struct dpdk_drv *d)
     if (e->cfg.vdev[0])
         snprintf(vdev, sizeof vdev, "%s", e->cfg.vdev);
     else
-        snprintf(vdev, sizeof vdev, "net_af_packet,iface=%s", e->cfg.ifname);
+        snprintf(vdev, sizeof vdev, "net_af_packet,iface=%s,framecnt=4096", e->cfg.ifname);
     char *comma = strchr(vdev, ',');
     const char *rest = comma ? comma + 1 : "";
     if (comma)
@@ -234,7 +234,7 @@ static void dpdk_wait(struct bp_engine *e, int timeout_us)
 {
     /* A virtual PMD has no RX descriptor to sleep on: wake for TX or after a short nap. */
     struct pollfd pfd = {.fd = e->tx_efd, .events = POLLIN};
-    int us = timeout_us < 100 ? timeout_us : 100;
+    int us = timeout_us < 20 ? timeout_us : 20;
     struct timespec ts = {0, (long)us * 1000};
     ppoll(&pfd, 1, &ts, NULL);
 }

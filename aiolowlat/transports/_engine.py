@@ -225,7 +225,10 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         """Busy-poll mode: drain on every loop iteration (the loop never sleeps)."""
         if self._inline:
             lib.bp_poll(self._h)
-        self._drain()
+            if self._drain():  # answers sent from the callbacks leave now, not next iteration
+                lib.bp_poll(self._h)
+        else:
+            self._drain()
         if self._reading:
             self._poll_handle = self._loop.call_soon(self._poll)
 
