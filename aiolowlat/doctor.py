@@ -41,7 +41,8 @@ from .tuning import (
     read_text,
 )
 
-__all__ = ["NEEDS", "Check", "format_checks", "main", "run_checks"]
+__all__ = ["NEEDS", "Check", "exit_status", "format_checks", "main", "print_checks",
+           "run_checks"]
 
 Status = Literal["ok", "warn", "fail", "info"]
 
@@ -479,6 +480,11 @@ def format_checks(checks: Iterable[Check]) -> str:
     return table + "\n\n" + ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+def print_checks(checks: Iterable[Check], file=None) -> None:
+    """Print the findings table (``format_checks``) to ``file`` (stdout)."""
+    print(format_checks(checks), file=file or sys.stdout)
+
+
 def exit_status(checks: Iterable[Check]) -> int:
     """1 when something the needs require cannot work, else 0."""
     return 1 if any(c.status == "fail" for c in checks) else 0
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         for check in checks:
             print(msgspec.json.encode(check).decode())
     else:
-        print(format_checks(checks))
+        print_checks(checks)
     return exit_status(checks)
 
 

@@ -226,3 +226,14 @@ def test_table_output_of_the_module():
     assert lines[0].split() == ["check", "status", "found", "fix"]
     assert any(line.startswith("io_uring ") and " ok " in line for line in lines)
     assert re.fullmatch(r"\d+ ok, \d+ warn, 0 fail, \d+ info", lines[-1])
+
+
+def test_print_checks_and_main_in_process(capsys):
+    checks = doctor.run_checks()
+    doctor.print_checks(checks)
+    printed = capsys.readouterr().out
+    assert printed == doctor.format_checks(checks) + "\n"
+    assert doctor.main(["--needs", "uring", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"name": "io_uring_disabled", "status": "ok",
+            "found": "kernel.io_uring_disabled = 0", "fix": ""} in rows
