@@ -91,7 +91,8 @@ def test_af_xdp_and_bpf_work_here():
 
 def test_without_capabilities_af_xdp_bpf_and_mlock_fail_with_fixes():
     drop = ["setpriv", "--bounding-set=-net_raw,-bpf,-sys_admin,-ipc_lock", "--inh-caps=-all"]
-    status, checks = run_doctor("--needs", "af_xdp,mlock", prefix=drop)
+    low_memlock = "import resource\nresource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))"
+    status, checks = run_doctor("--needs", "af_xdp,mlock", prefix=drop, preamble=low_memlock)
     assert status == 1
     xdp, bpf, memlock = checks["af_xdp"], checks["bpf"], checks["memlock"]
     assert xdp.status == "fail" and "Operation not permitted" in xdp.found
@@ -99,9 +100,10 @@ def test_without_capabilities_af_xdp_bpf_and_mlock_fail_with_fixes():
     assert bpf.status == "fail" and "unprivileged_bpf_disabled" in bpf.found
     assert "CAP_BPF" in bpf.fix
     assert memlock.status == "fail" and "no CAP_IPC_LOCK" in memlock.found
+    assert "RLIMIT_MEMLOCK 64 KiB" in memlock.found
     assert "LimitMEMLOCK=infinity" in memlock.fix
     assert checks["io_uring"].status == "ok"  # io_uring needs none of them
-    status, checks = run_doctor(prefix=drop)
+    status, checks = run_doctor(prefix=drop, preamble=low_memlock)
     assert status == 0 and {checks[n].status for n in ("af_xdp", "bpf", "memlock")} == {"warn"}
 
 
