@@ -325,7 +325,7 @@ def check_memlock() -> Check:
     if soft == resource.RLIM_INFINITY:
         return Check("memlock", "ok", found)
     return Check("memlock", "fail", found + "; no CAP_IPC_LOCK: mlockall fails once the "
-                 "process maps more", memlock_fix())
+                 "process maps more, and io_uring's buffers count against it", memlock_fix())
 
 
 def check_socket_buffers() -> Check:
