@@ -5,7 +5,7 @@
         engine=EngineConfig(interface="eth1", core=1, busy_poll=True))
 
 Defaults need no hugepages or PCI device: EAL "--no-huge --no-pci --no-shconf -m 256"
-and the vdev "net_af_packet,iface=<interface>" (net_af_xdp and net_tap work the same
+and the vdev "net_af_packet,iface=<interface>,framecnt=4096" (net_af_xdp, net_tap the same
 way through EngineConfig.vdev). DPDK's EAL is initialised once per process, by the
 first engine, with its eal_args; each engine then hot-plugs and removes its own port,
 so engines start and stop freely, but later engines cannot change the EAL arguments.
