@@ -7,6 +7,7 @@ b is an ordinary kernel socket. The peer's veth computes UDP checksums in softwa
 """
 
 import asyncio
+import errno
 import gc
 import os
 import socket
@@ -367,3 +368,27 @@ def test_feed_handler_builds_the_same_books_over_each_transport(loop, hosts, tra
     assert handler.builder.snapshot() == reference_snapshot(feed.messages)
     if stats is not None:
         assert stats["rx_udp"] == sent and stats["rx_ring_full"] == 0
+
+
+def test_dpdk_eal_arguments_cannot_change_after_the_first_engine(hosts):
+    with pytest.raises(TransportUnavailableError, match="cannot be initialised again"):
+        Engine("dpdk", config(hosts, eal_args="--no-huge --no-pci -m 128"), ENGINE_IP, PORT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_oversized_datagram_is_an_error_not_a_crash(loop, hosts, kind):
+    async def main():
+        errors = []
+
+        class Errors(asyncio.DatagramProtocol):
+            def error_received(self, exc):
+                errors.append(exc)
+
+        tr, _ = await open_datagram_endpoint(Errors, transport=kind, local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts))
+        tr.sendto(bytes(tr.get_extra_info("engine").max_payload + 1), (hosts.addr_b, 9))
+        tr.close()
+        await asyncio.sleep(0.01)
+        assert [e.errno for e in errors] == [errno.EMSGSIZE]
+
+    run(loop, main())
