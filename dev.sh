@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(gcc pkg-config liburing-dev iproute2
+APT_PACKAGES=(gcc pkg-config liburing-dev iproute2 ethtool
     libxdp-dev libbpf-dev xdp-tools dpdk dpdk-dev libdpdk-dev)
 VENV=.venv
 

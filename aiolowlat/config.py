@@ -2,8 +2,8 @@
 
     loop = "uring"              # uring | uvloop | asyncio
     busy_poll = false
-    [tuning]
-    loop_core = 1
+    [tuning]                    # aiolowlat.tuning: applied by aiolowlat.run(config=...)
+    cpus = [1]
     gc = "freeze"
     [feeds.itch]
     transport = "af_xdp"        # kernel | uring | af_xdp | dpdk: one word swaps it
@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import msgspec
+
+from .tuning import TuningSettings
 
 ENV_PREFIX = "AIOLOWLAT_"
 
@@ -66,14 +68,6 @@ class FeedSettings(_Section):
 
     def line_addresses(self) -> dict[str, tuple[str, int]]:
         return {name: parse_address(text) for name, text in self.lines.items()}
-
-
-class TuningSettings(_Section):
-    loop_core: int | None = None  # pin the loop's thread here
-    mlockall: bool = False
-    gc: Literal["default", "freeze", "off"] = "default"
-    sched_fifo: bool = False
-    hugepages: bool = False  # engine memory on huge pages
 
 
 class VenueSettings(_Section):

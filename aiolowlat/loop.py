@@ -16,6 +16,7 @@ import errno
 import heapq
 import os
 import socket
+import sys
 import weakref
 from asyncio import base_events, constants
 from collections import deque
@@ -306,8 +307,9 @@ def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool 
     """Run a coroutine on a new aiolowlat loop, as asyncio.run() does.
 
     ``config``: a TOML file (or aiolowlat.config.Settings) that picks the loop
-    (uring, uvloop, asyncio) and its mode, and which ``aiolowlat.config.current()``
-    returns while the coroutine runs.
+    (uring, uvloop, asyncio) and its mode, and tunes this thread and process as its
+    [tuning] says (a report of what took effect goes to stderr; undone at the end);
+    ``aiolowlat.config.current()`` returns it while the coroutine runs.
     """
     if config is None:
         with asyncio.Runner(debug=debug,
@@ -320,9 +322,16 @@ def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool 
     if busy_poll or sqpoll:  # the caller's explicit asks add to the file's
         settings = msgspec.structs.replace(settings, busy_poll=settings.busy_poll or busy_poll,
                                            sqpoll=settings.sqpoll or sqpoll)
+    from . import tuning
+
     _config._make_current(settings)
+    # Tuning applies to this thread, which runs the loop; undone when the run ends.
+    tuner = tuning.apply(settings.tuning)
+    if tuner.findings:
+        print(tuning.format_findings(tuner.findings), file=sys.stderr, flush=True)
     try:
         with asyncio.Runner(debug=debug, loop_factory=_config.loop_factory(settings)) as runner:
             return runner.run(main)
     finally:
+        tuner.restore()
         _config._make_current(None)

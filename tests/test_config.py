@@ -15,7 +15,7 @@ STRATEGY = textwrap.dedent("""
     busy_poll = true
 
     [tuning]
-    loop_core = 0
+    cpus = [0]
     gc = "freeze"
 
     [feeds.itch]
@@ -43,7 +43,7 @@ def strategy(tmp_path):
 def test_a_file_decodes_into_typed_settings(strategy):
     settings = config.load(strategy, env={})
     assert settings.loop == "uring" and settings.busy_poll is True
-    assert settings.tuning.loop_core == 0 and settings.tuning.gc == "freeze"
+    assert settings.tuning.cpus == [0] and settings.tuning.gc == "freeze"
     itch = settings.feeds["itch"]
     assert itch.transport == "af_xdp" and itch.rcvbuf == 16 << 20
     assert itch.line_addresses() == {"A": ("239.1.1.1", 30001), "B": ("239.1.1.2", 30002)}
@@ -54,7 +54,8 @@ def test_a_file_decodes_into_typed_settings(strategy):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("tuning.loop_core=x", "tuning.loop_core: expected int, got str"),
+    ("tuning.cpus=x", "tuning.cpus: expected array, got str"),
+    ("tuning.loop_core=1", "tuning.loop_core: unknown key; expected one of cpus, mlockall, gc"),
     ("feeds.itch.transport=tcp", "feeds.itch.transport: invalid enum value 'tcp'; expected one "
                                  "of 'kernel', 'uring', 'af_xdp', 'dpdk'"),
     ("feeds.itch.rcvbuf=big", "feeds.itch.rcvbuf: expected int, got str"),
@@ -81,16 +82,16 @@ def test_file_level_errors(tmp_path):
         config.load(bad)
     with pytest.raises(ConfigError, match="not of the form key.path=value"):
         config.load(overrides=["busy_poll"], env={})
-    with pytest.raises(ConfigError, match="tuning.loop_core.x: loop_core is a value, not a table"):
-        config.load(overrides=["tuning.loop_core=1", "tuning.loop_core.x=2"], env={})
+    with pytest.raises(ConfigError, match="tuning.gc.x: gc is a value, not a table"):
+        config.load(overrides=["tuning.gc=1", "tuning.gc.x=2"], env={})
 
 
 def test_environment_then_overrides_take_precedence(strategy):
-    env = {"AIOLOWLAT_FEEDS__ITCH__TRANSPORT": "uring", "AIOLOWLAT_TUNING__LOOP_CORE": "1",
+    env = {"AIOLOWLAT_FEEDS__ITCH__TRANSPORT": "uring", "AIOLOWLAT_TUNING__CPUS": "[1]",
            "AIOLOWLAT_VENUES__OKX__SYMBOLS": '["BTC-USDT"]', "OTHER": "x"}
     settings = config.load(strategy, env=env)
     assert settings.feeds["itch"].transport == "uring"  # one word swaps the transport
-    assert settings.tuning.loop_core == 1 and settings.venues["okx"].symbols == ["BTC-USDT"]
+    assert settings.tuning.cpus == [1] and settings.venues["okx"].symbols == ["BTC-USDT"]
     settings = config.load(strategy, env=env, overrides=["feeds.itch.transport=dpdk"])
     assert settings.feeds["itch"].transport == "dpdk"
     with pytest.raises(ConfigError, match="^defaults: loop: invalid enum value .x."):
@@ -120,3 +121,20 @@ def test_run_busy_poll_from_the_file_or_the_caller(tmp_path):
     assert aiolowlat.run(mode(), config=path) is True
     assert aiolowlat.run(mode(), config=Settings(), busy_poll=True) is True
     assert aiolowlat.run(mode(), config=Settings()) is False
+
+
+def test_run_applies_the_tuning_and_undoes_it(tmp_path, capfd):
+    import gc
+    import os
+
+    path = tmp_path / "s.toml"
+    path.write_text('[tuning]\ncpus = [0]\ngc = "off"\n')
+    before = os.sched_getaffinity(0)
+
+    async def inside():
+        return os.sched_getaffinity(0), gc.isenabled()
+
+    assert aiolowlat.run(inside(), config=path) == ({0}, False)
+    assert os.sched_getaffinity(0) == before and gc.isenabled()
+    report = capfd.readouterr().err
+    assert "pin" in report.lower() and "gc" in report.lower()

@@ -111,15 +111,18 @@ def test_capped_receive_buffer_warns_with_the_sysctl(loop):
     run(loop, main())
 
 
-def test_unknown_and_unavailable_transports(loop):
+def test_unknown_unavailable_and_misconfigured_transports(loop):
     async def main():
         with pytest.raises(ValueError, match="unknown transport"):
             await open_datagram_endpoint(asyncio.DatagramProtocol, transport="carrier-pigeon",
                                          local_addr=("127.0.0.1", 0))
-        for kind in ("af_xdp", "dpdk"):
-            with pytest.raises(TransportUnavailableError, match="not available in this build"):
+        for kind in ("af_xdp", "dpdk"):  # no kernel stack: no ephemeral port, a NIC to own
+            with pytest.raises(ValueError, match="needs local_addr with a fixed port"):
                 await open_datagram_endpoint(asyncio.DatagramProtocol, transport=kind,
                                              local_addr=("127.0.0.1", 0))
+            with pytest.raises(ValueError, match="needs interface="):
+                await open_datagram_endpoint(asyncio.DatagramProtocol, transport=kind,
+                                             local_addr=("127.0.0.1", 5000))
         if not isinstance(loop, aiolowlat.Loop):
             with pytest.raises(TransportUnavailableError, match="needs the aiolowlat loop"):
                 await open_datagram_endpoint(asyncio.DatagramProtocol, transport="uring",

@@ -64,7 +64,8 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             if n < 0:
                 self._protocol.error_received(OSError(-n, os.strerror(-n)))
                 break
-            self._collect(n, batch)
+            if n:
+                self._collect(n, batch)
             if n < _BATCH:
                 break
         if not batch:
