@@ -9,6 +9,9 @@
     transport = "af_xdp"        # kernel | uring | af_xdp | dpdk: one word swaps it
     interface = "eth1"
     lines = { A = "239.1.1.1:30001", B = "239.1.1.2:30002" }
+    [feeds.itch.engine]         # aiolowlat.transports.EngineConfig, for af_xdp and dpdk
+    local_ip = "10.0.0.2"
+    core = 1
 
 Decoded and validated by msgspec into typed settings; a bad key or type raises
 ConfigError naming the key and what was expected. Environment variables
@@ -19,7 +22,9 @@ command line's ``--set``) take precedence over the file, in that order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -29,6 +34,7 @@ from typing import Literal
 
 import msgspec
 
+from .transports import EngineConfig
 from .tuning import TuningSettings
 
 ENV_PREFIX = "AIOLOWLAT_"
@@ -42,18 +48,6 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class EngineSettings(_Section):
-    """A kernel-bypass engine (af_xdp, dpdk): where it runs and what it owns."""
-
-    queue: int = 0
-    core: int | None = None  # the engine thread's core (None: not pinned)
-    sched_fifo: bool = False
-    local_ip: str | None = None  # the engine's own IPv4 address (ARP answers for it)
-    local_mac: str | None = None
-    neighbours: dict[str, str] = {}  # static ARP entries: IPv4 -> MAC
-    eal_args: list[str] = []  # DPDK EAL arguments (default: no hugepages, no PCI)
-
-
 class FeedSettings(_Section):
     """A multicast feed: its lines and the transport that carries them."""
 
@@ -64,10 +58,22 @@ class FeedSettings(_Section):
     rcvbuf: int | None = 8 << 20
     timestamps: bool = True
     request_server: str | None = None  # MoldUDP64 retransmissions, "host:port"
-    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)  # af_xdp, dpdk
 
     def line_addresses(self) -> dict[str, tuple[str, int]]:
         return {name: parse_address(text) for name, text in self.lines.items()}
+
+    def endpoint_options(self, line: str) -> dict:
+        """open_datagram_endpoint's keywords for one line of this feed."""
+        group, port = parse_address(self.lines[line])
+        multicast = ipaddress.ip_address(group).is_multicast
+        options = {"transport": self.transport, "local_addr": (group, port),
+                   "groups": [group] if multicast else [], "interface": self.interface}
+        if self.transport in ("af_xdp", "dpdk"):
+            options["engine"] = self.engine
+        else:
+            options.update(source=self.source, rcvbuf=self.rcvbuf, timestamps=self.timestamps)
+        return options
 
 
 class VenueSettings(_Section):
@@ -163,6 +169,14 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         _set(tree, key.strip(), _value(text.strip()), f"override {item!r}")
+    feeds = tree.get("feeds")
+    for name, feed in feeds.items() if isinstance(feeds, dict) else ():
+        engine = feed.get("engine") if isinstance(feed, dict) else None
+        known = {f.name for f in dataclasses.fields(EngineConfig)}
+        for key in engine if isinstance(engine, dict) else ():
+            if key not in known:  # msgspec ignores a dataclass's unknown fields: we don't
+                raise ConfigError(f"{origin}: feeds.{name}.engine.{key}: unknown key; expected "
+                                  f"one of {', '.join(sorted(known))}")
     # Named sections one entry at a time: msgspec's error path elides dict keys.
     for section, kind in (("feeds", FeedSettings), ("venues", VenueSettings)):
         entries = tree.get(section)

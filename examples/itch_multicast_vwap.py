@@ -8,6 +8,7 @@ so run that in a network namespace of your own, not on the host). ``--feed
 A_HOST:PORT,B_HOST:PORT,REQUEST_HOST:PORT`` reads an external publisher.
 
     python examples/itch_multicast_vwap.py --seconds 10
+    python examples/itch_multicast_vwap.py --config examples/strategy.toml --seconds 10
     python -m aiolowlat.sim.itch_publisher --group-a 127.0.0.1:30001 \
         --group-b 127.0.0.1:30002 --request-port 30003 &
     python examples/itch_multicast_vwap.py --feed 127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003
@@ -22,6 +23,7 @@ import ipaddress
 import time
 
 import aiolowlat
+import aiolowlat.config
 from aiolowlat.protocols.itch import PRICE_SCALE
 from aiolowlat.protocols.itch_feed import ItchFeedHandler
 from aiolowlat.protocols.sequencer import Sequencer
@@ -76,13 +78,20 @@ async def demo(args) -> None:
     handler = ItchFeedHandler(Sequencer(first_sequence=None if external else 1))
     publisher = publishing = None
     try:
-        if external:
+        if args.settings is not None:  # the loop, the lines and their transport from the file
+            feed = args.settings.feeds["itch"]
+            lines = feed.line_addresses()
+            for name in lines:
+                await open_datagram_endpoint(lambda name=name: handler.protocol(name),
+                                             **feed.endpoint_options(name))
+            args.transport = feed.transport
+        elif external:
             a, b, request = (_address(part) for part in args.feed.split(","))
             lines = {"A": a, "B": b}
         else:
             lines = dict(zip("AB", GROUPS)) if args.multicast else {
                 "A": ("127.0.0.1", 0), "B": ("127.0.0.1", 0)}  # fmt: skip
-        for name, addr in lines.items():
+        for name, addr in lines.items() if args.settings is None else ():
             transport, _ = await open_line(
                 lambda name=name: handler.protocol(name), addr,
                 transport=args.transport, interface=args.interface,
@@ -150,7 +159,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loss", type=float, default=0.01, help="simulator loss per line")
     parser.add_argument("--reorder", type=float, default=0.01)
+    parser.add_argument("--config", default=None,
+                        help="a strategy TOML file: loop, tuning and the [feeds.itch] lines "
+                             "and transport (see examples/strategy.toml)")
     args = parser.parse_args()
+    args.settings = None
+    if args.config is not None:
+        args.settings = aiolowlat.config.load(args.config)
+        if "itch" not in args.settings.feeds:
+            parser.error(f"{args.config} has no [feeds.itch] section")
+        with contextlib.suppress(KeyboardInterrupt):
+            aiolowlat.run(demo(args), config=args.settings)
+        return
     if args.transport is None:
         args.transport = "uring" if args.loop == "aiolowlat" else "kernel"
     if args.transport == "uring" and args.loop != "aiolowlat":

@@ -26,7 +26,8 @@ STRATEGY = textwrap.dedent("""
 
     [feeds.itch.engine]
     core = 1
-    neighbours = { "192.0.2.9" = "02:00:00:00:00:09" }
+    local_ip = "192.0.2.2"
+    static_arp = { "192.0.2.9" = "02:00:00:00:00:09" }
 
     [venues.binance]
     symbols = ["BTCUSDT", "ETHUSDT"]
@@ -47,7 +48,10 @@ def test_a_file_decodes_into_typed_settings(strategy):
     itch = settings.feeds["itch"]
     assert itch.transport == "af_xdp" and itch.rcvbuf == 16 << 20
     assert itch.line_addresses() == {"A": ("239.1.1.1", 30001), "B": ("239.1.1.2", 30002)}
-    assert itch.engine.core == 1 and itch.engine.neighbours == {"192.0.2.9": "02:00:00:00:00:09"}
+    assert itch.engine.core == 1 and itch.engine.static_arp == {"192.0.2.9": "02:00:00:00:00:09"}
+    assert itch.endpoint_options("B") == {
+        "transport": "af_xdp", "local_addr": ("239.1.1.2", 30002), "groups": ["239.1.1.2"],
+        "interface": "eth1", "engine": itch.engine}
     assert settings.venues["binance"].symbols == ["BTCUSDT", "ETHUSDT"]
     assert settings.venues["binance"].live is False  # the simulator unless asked
     assert config.load(env={}) == Settings()  # no file: the defaults
@@ -60,6 +64,8 @@ def test_a_file_decodes_into_typed_settings(strategy):
                                  "of 'kernel', 'uring', 'af_xdp', 'dpdk'"),
     ("feeds.itch.rcvbuf=big", "feeds.itch.rcvbuf: expected int, got str"),
     ("feeds.itch.engine.core=[1]", "feeds.itch.engine.core: expected int, got array"),
+    ("feeds.itch.engine.cores=1", "feeds.itch.engine.cores: unknown key; expected one of "
+                                  "busy_poll, core, eal_args"),
     ("venues.binance.symbol=[]", "venues.binance.symbol: unknown key; expected one of symbols, "
                                  "url, live"),
     ("tuning.gc=never", "tuning.gc: invalid enum value 'never'; expected one of 'default', "
@@ -138,3 +144,22 @@ def test_run_applies_the_tuning_and_undoes_it(tmp_path, capfd):
     assert os.sched_getaffinity(0) == before and gc.isenabled()
     report = capfd.readouterr().err
     assert "pin" in report.lower() and "gc" in report.lower()
+
+
+@pytest.mark.parametrize("loop_name, transport", [("uring", "uring"), ("asyncio", "kernel")])
+def test_the_example_swaps_loop_and_transport_by_config(loop_name, transport):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, AIOLOWLAT_LOOP=loop_name, AIOLOWLAT_FEEDS__ITCH__TRANSPORT=transport)
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "itch_multicast_vwap.py"),
+         "--config", os.path.join(root, "examples", "strategy.toml"), "--seconds", "1.5"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"transport={transport}" in result.stdout and "AAPL" in result.stdout
+    module = {"uring": "aiolowlat.loop", "asyncio": "asyncio.unix_events"}[loop_name]
+    assert f"loop={module}" in result.stdout
+    assert "gc freeze" in result.stderr  # the file's tuning, reported
