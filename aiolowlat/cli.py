@@ -35,6 +35,15 @@ def _module_main(module: str, argv: list[str]) -> int:
     return int(code or 0)
 
 
+def _demo(argv: list[str]) -> int:
+    demo = REPO / "examples" / "demo.py"
+    if not demo.exists():
+        print(f"aiolowlat demo runs examples/demo.py of a source checkout; none beside {REPO}",
+              file=sys.stderr)
+        return 2
+    return subprocess.run([sys.executable, str(demo), *argv]).returncode
+
+
 def _sim(args) -> int:
     if args.which != "all":
         return _module_main(SIMULATORS[args.which], args.rest)
@@ -110,6 +119,45 @@ def _plot(out: pathlib.Path) -> None:
     print(f"    plot: {out / 'latency.png'}", flush=True)
 
 
+async def _feed(args) -> int:
+    """Print a venue's events: from the embedded simulator, or the real venue with --live."""
+    from .venues import ADAPTERS, BookSnapshot, Trade, venue_feed
+
+    sim = None
+    if args.live:
+        adapter, ssl = ADAPTERS[args.venue](), None
+    else:
+        from .sim.ws_exchange import WsExchange
+
+        sim = await WsExchange(seed=args.seed).start()
+        adapter, ssl = ADAPTERS[args.venue](simulator=sim.url), sim.client_ssl_context()
+    events = 0
+
+    async def show():
+        nonlocal events
+        async for event in venue_feed(adapter, args.symbols, ssl=ssl):
+            events += 1
+            if isinstance(event, Trade):
+                print(f"{event.venue} {event.symbol} trade {event.side:4} {event.size:g} @ "
+                      f"{event.price:g}", flush=True)
+            elif not isinstance(event, BookSnapshot) and events % 20:
+                continue
+            book = adapter.books.get(event.symbol)
+            if book is not None and book.best_bid() and book.best_ask():
+                (bid, bid_size), (ask, ask_size) = book.best_bid(), book.best_ask()
+                print(f"{event.venue} {event.symbol} book {bid_size:g} @ {bid:g} / "
+                      f"{ask_size:g} @ {ask:g}", flush=True)
+
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(show(), args.seconds)
+    finally:
+        if sim is not None:
+            await sim.stop()
+    print(f"{events:,} events; {adapter.counters}", flush=True)
+    return 0
+
+
 async def _record_itch(args) -> int:
     from .sim import ItchFeed, LineImpairment
     from .sim.itch_publisher import ItchPublisher
@@ -166,7 +214,8 @@ async def _replay(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiolowlat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="aiolowlat", description="asyncio for low-latency "
+                                     "trading I/O: the simulators, feeds, benchmarks, host checks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in _DELEGATED.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
@@ -179,6 +228,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="benchmark names (e.g. loop_echo)")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    p = sub.add_parser("demo", help="the demo: a strategy on the embedded exchange simulators",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the demo's own options")
+    p = sub.add_parser("feed", help="print a venue's live feed (the simulator unless --live)")
+    p.add_argument("venue", choices=["binance", "coinbase", "bybit", "okx", "kraken"])
+    p.add_argument("symbols", nargs="+", help="in the venue's spelling, e.g. BTCUSDT, BTC-USD")
+    p.add_argument("--live", action="store_true", help="the real venue, not the simulator")
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1)
     p = sub.add_parser("record", help="record a feed with receive times to a file")
     p.add_argument("feed", choices=["itch"], help="the embedded ITCH simulator's A/B lines")
     p.add_argument("--out", required=True)
@@ -194,12 +252,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Commands that are another program's command line get every argument that follows,
+    # options included (argparse's REMAINDER would not take a leading --option).
+    if argv and argv[0] in _DELEGATED:
+        return _module_main(_DELEGATED[argv[0]][0], argv[1:])
+    if argv and argv[0] == "demo":
+        return _demo(argv[1:])
+    if len(argv) > 1 and argv[0] == "sim" and argv[1] in (*SIMULATORS, "all"):
+        return _sim(argparse.Namespace(which=argv[1], rest=argv[2:]))
     args = _parser().parse_args(argv)
     try:
-        if args.command in _DELEGATED:
-            return _module_main(_DELEGATED[args.command][0], args.rest)
-        if args.command == "sim":
-            return _sim(args)
+        if args.command == "feed":
+            return asyncio.run(_feed(args))
         if args.command == "bench":
             return _bench(args)
         if args.command == "record":

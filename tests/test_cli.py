@@ -41,3 +41,15 @@ def test_sim_itch_stops_by_itself():
 def test_unknown_command_is_a_usage_error():
     result = aiolowlat("fly")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_feed_prints_a_venue_from_the_simulator():
+    result = aiolowlat("feed", "kraken", "BTC/USD", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    assert "kraken BTC/USD book" in result.stdout and "checksum_failures=0" in result.stdout
+
+
+def test_doctor_checks_this_host():
+    result = aiolowlat("doctor", "--needs", "uring,af_xdp,dpdk")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "io_uring" in result.stdout and "fix" in result.stdout.lower()
