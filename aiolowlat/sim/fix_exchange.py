@@ -59,6 +59,9 @@ class Fill:
     resting: BookOrder
     qty: float
     price: float
+    # (cum qty, notional, leaves) of each side right after this fill, for its report
+    aggressor_after: tuple = ()
+    resting_after: tuple = ()
 
 
 class MatchingEngine:
@@ -93,7 +96,9 @@ class MatchingEngine:
                 o.qty -= qty
                 o.cum_qty += qty
                 o.notional += qty * best.price
-            fills.append(Fill(order, best, qty, best.price))
+            fills.append(Fill(order, best, qty, best.price,
+                              (order.cum_qty, order.notional, order.qty),
+                              (best.cum_qty, best.notional, best.qty)))
             if best.qty <= 0:
                 opposite.pop(0)
                 self._orders.pop(best.order_id, None)
@@ -145,8 +150,10 @@ class FixExchange:
 
     def __init__(self, sender_comp_id: str = "EXCH", *, begin_strings=("FIX.4.4", "FIX.4.2"),
                  heartbeat_interval: int = 30, seed: dict[str, float] | None = None,
-                 levels: int = 5, level_qty: float = 1000.0, tick: float = 0.01):
+                 levels: int = 5, level_qty: float = 1000.0, tick: float = 0.01,
+                 replenish: bool = True):
         self.engine = MatchingEngine()
+        self.replenish = replenish
         self.sender_comp_id = sender_comp_id
         self._ids = itertools.count(1)
         self._exec_ids = itertools.count(1)
@@ -222,30 +229,28 @@ class FixExchange:
                 text="Unsupported Message Type"))
 
     def _report(self, session, order: BookOrder, exec_type: str, *, last=None, text=None,
-                orig_cl_ord_id=None, ord_status=None) -> None:
+                orig_cl_ord_id=None, ord_status=None, after=None) -> None:
         if session is None or not session.is_logged_on:
             return
         fix42 = session.settings.config.begin_string == "FIX.4.2"
+        cum, notional, leaves = after or (order.cum_qty, order.notional, order.qty)
         if ord_status is None:
-            if order.qty <= 0 and order.cum_qty > 0:
+            if leaves <= 0 and cum > 0:
                 ord_status = "2"
-            elif order.cum_qty > 0:
+            elif cum > 0:
                 ord_status = "1"
             else:
                 ord_status = "0"
         if exec_type == "F" and fix42:
             exec_type = ord_status  # 4.2: 1 partial fill, 2 fill
-        if exec_type in ("4", "8"):
-            leaves = 0.0
-        else:
-            leaves = max(order.qty, 0.0)
+        leaves = 0.0 if exec_type in ("4", "8") else max(leaves, 0.0)
         self._send(session, ExecutionReport(
             order_id=order.order_id, cl_ord_id=order.cl_ord_id, orig_cl_ord_id=orig_cl_ord_id,
             exec_id=f"E{next(self._exec_ids)}", exec_trans_type="0" if fix42 else None,
             exec_type=exec_type, ord_status=ord_status, symbol=order.symbol, side=order.side,
             order_qty=order.order_qty, ord_type=order.ord_type, price=order.price,
             last_qty=last.qty if last else None, last_px=last.price if last else None,
-            leaves_qty=leaves, cum_qty=order.cum_qty, avg_px=round(order.avg_px, 8),
+            leaves_qty=leaves, cum_qty=cum, avg_px=round(notional / cum, 8) if cum else 0.0,
             text=text, ord_rej_reason=None))
         self.reports_sent += 1
 
@@ -256,8 +261,16 @@ class FixExchange:
 
     def _fills(self, fills: list[Fill]) -> None:
         for f in fills:
-            self._report(f.aggressor.owner, f.aggressor, "F", last=f)
-            self._report(f.resting.owner, f.resting, "F", last=f)
+            self._report(f.aggressor.owner, f.aggressor, "F", last=f, after=f.aggressor_after)
+            self._report(f.resting.owner, f.resting, "F", last=f, after=f.resting_after)
+        for f in fills:
+            if f.resting.owner is None and self.replenish and f.resting.qty <= 0:
+                # The simulator's own liquidity comes back (matching, and reported, like any
+                # order): every seeded level is always there.
+                r = f.resting
+                self._fills(self.engine.submit(BookOrder(
+                    self._order_id(), r.symbol, r.side, r.order_qty, r.price,
+                    order_qty=r.order_qty)))
 
     def _new_order(self, session: Session, msg: NewOrderSingle) -> None:
         self.orders_received += 1
@@ -314,9 +327,15 @@ class FixExchange:
             return
         order.cl_ord_id = msg.cl_ord_id
         price = msg.price if msg.ord_type == "2" else order.price
-        fills = self.engine.replace(order.order_id, msg.order_qty, price) or []
+        if price == order.price and msg.order_qty <= order.order_qty:
+            self.engine.replace(order.order_id, msg.order_qty, price)  # keeps its priority
+            self._report(session, order, "5", orig_cl_ord_id=msg.orig_cl_ord_id)
+            return
+        # Report the new terms first, then what they trade (as an exchange would).
+        self.engine.cancel(order.order_id)
+        order.order_qty, order.qty, order.price = msg.order_qty, msg.order_qty - order.cum_qty, price
         self._report(session, order, "5", orig_cl_ord_id=msg.orig_cl_ord_id)
-        self._fills(fills)
+        self._fills(self.engine.submit(order))
 
 
 async def _main(args) -> None:
