@@ -107,6 +107,7 @@ class DataDictionary:
         self._header_set = frozenset(self.header_members)
         self._trailer_set = frozenset(self.trailer_members)
         self._msg_types = {k.encode(): k for k in self.messages}
+        self._layouts: dict[str, tuple] = {}
 
     @classmethod
     def load(cls, begin_string: str) -> DataDictionary:
@@ -140,10 +141,8 @@ class DataDictionary:
         name = self._msg_types.get(values[2])
         if name is None:
             raise FieldReject(RejectReason.INVALID_MSGTYPE, 35, "Invalid MsgType")
-        _, _, body_members, body_required, groups = self.messages[name]
-        body_set = set(body_members)
+        body_set, body_required, groups = self._layout(name)
         header, trailer = self._header_set, self._trailer_set
-        groups = {**self.header_groups, **groups}
         seen = {8, 9, 35}
         in_body = in_trailer = False
         i = 3
@@ -176,9 +175,19 @@ class DataDictionary:
             i += 1
             if tag in groups:
                 i = self._check_group(tags, values, i, int(value), tag, groups[tag])
-        for req in (*self.header_required, *body_required, *self.trailer_required):
+        for req in body_required:
             if req not in seen:
                 raise FieldReject(RejectReason.REQUIRED_TAG_MISSING, req, "Required tag missing")
+
+    def _layout(self, name: str) -> tuple:
+        """(body tags, required tags, groups incl. the header's) of a message type, cached."""
+        layout = self._layouts.get(name)
+        if layout is None:
+            _, _, members, required, groups = self.messages[name]
+            required = (*self.header_required, *required, *self.trailer_required)
+            layout = (frozenset(members), required, {**self.header_groups, **groups})
+            self._layouts[name] = layout
+        return layout
 
     def _check_value(self, tag: int, value: bytes) -> None:
         if tag <= 0:
