@@ -151,7 +151,13 @@ class WSTransport(asyncio.BufferedProtocol):
         core = self.core
         try:
             if core.state is not State.OPEN:
-                for event in core.buffer_updated(nbytes):
+                try:
+                    events = core.buffer_updated(nbytes)
+                except ProtocolError as exc:  # after the handshake, in the same read
+                    for event in exc.events:
+                        self._event(event, rx_ns)
+                    raise
+                for event in events:
                     self._event(event, rx_ns)
                 self._flush()
                 return
