@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -166,6 +167,7 @@ def test_cli_acceptor_and_initiator_with_seconds(tmp_path):
     cfg.write_text(f"""
 [DEFAULT]
 HeartBtInt=30
+ReconnectInterval=0.2
 FileStorePath={tmp_path / 'store'}
 [SESSION]
 ConnectionType=acceptor
@@ -184,6 +186,12 @@ SocketConnectPort={port}
     acceptor = subprocess.Popen(base + ["acceptor", "--config", str(cfg), "--seconds", "6"],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
+        for _ in range(300):  # the acceptor listens once its imports are done
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
         initiator = subprocess.run(
             base + ["initiator", "--config", str(cfg), "--seconds", "3", "--loop", "aiolowlat",
                     "--orders-per-second", "20"], capture_output=True, text=True, timeout=30,

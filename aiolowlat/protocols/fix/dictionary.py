@@ -66,31 +66,27 @@ _loaded: dict[str, DataDictionary] = {}
 
 
 def _checker(ftype: str, enums):
-    """A function value -> reason code or None for one field type."""
+    """A function value -> reason code or None for one field type; None if any value goes."""
     enum_set = frozenset(e.encode() for e in enums) if enums else None
     if ftype in _INT_TYPES:
-        fmt = _INT
+        fmt = _INT.match
     elif ftype in _FLOAT_TYPES:
-        fmt = _FLOAT
+        fmt = _FLOAT.match
     else:
-        fmt = _FORMATS.get(ftype)
-
-    def check(value: bytes):
-        if fmt is not None and fmt.match(value) is None:
-            return RejectReason.INCORRECT_DATA_FORMAT
-        if ftype == "CHAR" and len(value) != 1 and enum_set is None:
-            return RejectReason.INCORRECT_DATA_FORMAT
-        if ftype == "BOOLEAN" and value not in (b"Y", b"N"):
-            return RejectReason.VALUE_INCORRECT
-        if enum_set is not None:
-            if ftype in _MULTI:
-                if not all(v in enum_set for v in value.split()):
-                    return RejectReason.VALUE_INCORRECT
-            elif value not in enum_set:
-                return RejectReason.VALUE_INCORRECT
-        return None
-
-    return check
+        fmt = _FORMATS[ftype].match if ftype in _FORMATS else None
+    if enum_set is not None:
+        if ftype in _MULTI:
+            return lambda v: None if all(x in enum_set for x in v.split()) else 5
+        if fmt is not None:
+            return lambda v: 6 if fmt(v) is None else (None if v in enum_set else 5)
+        return lambda v: None if v in enum_set else 5
+    if fmt is not None:
+        return lambda v: None if fmt(v) is not None else 6
+    if ftype == "CHAR":
+        return lambda v: None if len(v) == 1 else 6
+    if ftype == "BOOLEAN":
+        return lambda v: None if v in (b"Y", b"N") else 5
+    return None
 
 
 class DataDictionary:
@@ -103,7 +99,8 @@ class DataDictionary:
         self.header_members, self.header_required, self.header_groups = spec.HEADER
         self.trailer_members, self.trailer_required, _ = spec.TRAILER
         self.tag_by_name = {name: tag for tag, (name, _, _) in self.fields.items()}
-        self._checks = {tag: _checker(t, enums) for tag, (_, t, enums) in self.fields.items()}
+        checks = {tag: _checker(t, enums) for tag, (_, t, enums) in self.fields.items()}
+        self._checks = {tag: check for tag, check in checks.items() if check is not None}
         self._header_set = frozenset(self.header_members)
         self._trailer_set = frozenset(self.trailer_members)
         self._msg_types = {k.encode(): k for k in self.messages}
@@ -146,9 +143,14 @@ class DataDictionary:
         seen = {8, 9, 35}
         in_body = in_trailer = False
         i = 3
+        checks = self._checks
         while i < n:
             tag, value = tags[i], values[i]
-            self._check_value(tag, value)
+            if not value or tag <= 0:
+                self._check_value(tag, value)  # raises
+            check = checks.get(tag)
+            if check is not None and check(value) is not None:
+                self._check_value(tag, value)  # raises with the reason
             if tag in seen:
                 raise FieldReject(RejectReason.TAG_APPEARS_MORE_THAN_ONCE, tag,
                                   "Tag appears more than once")

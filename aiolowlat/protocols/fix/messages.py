@@ -58,11 +58,11 @@ class FixStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
             if name in _TIME_FIELDS:
                 enc, dec = format_utc, parse_utc
             elif kind in (float, float | None):
-                enc, dec = encode_value, float
+                enc, dec = _encode_number, float
             elif kind in (int, int | None):
-                enc, dec = encode_value, int
+                enc, dec = _encode_number, int
             else:
-                enc, dec = encode_value, _latin1
+                enc, dec = _encode_str, _latin1
             codec.append((name, TAGS[name], enc, dec))
         cls._codec = tuple(codec)
 
@@ -88,6 +88,16 @@ class FixStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def _latin1(value: bytes) -> str:
     return value.decode("latin-1")
+
+
+def _encode_str(value) -> bytes:
+    return value.encode("latin-1") if type(value) is str else encode_value(value)
+
+
+def _encode_number(value) -> bytes:
+    if type(value) is float and value.is_integer() and abs(value) < 1e15:
+        return b"%d" % value  # 100.0 -> "100", the common case for quantities
+    return encode_value(value)
 
 
 class NewOrderSingle(FixStruct, kw_only=True):
