@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -36,7 +37,7 @@ import msgspec
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ws_feed_server  # noqa: E402
 
-IMPLS = ("aiolowlat", "aiolowlat-recv", "picows", "aiohttp", "websockets")
+IMPLS = ("aiolowlat", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std", "aiohttp", "websockets")
 LOOPS = ("asyncio", "uvloop", "aiolowlat")
 CASES = ("feed_ws", "feed_wss", "rtt_ws", "rtt_wss")
 
@@ -78,12 +79,13 @@ class Counter:
         self.n = 0
         self.done = asyncio.get_running_loop().create_future()
 
-    def tick(self):
-        self.n += 1
-        if self.n == self.warm:
-            self.t0 = time.perf_counter_ns()
-        elif self.n == self.total:
-            self.done.set_result((self.total - self.warm) * 1e9 / (time.perf_counter_ns() - self.t0))
+    def tick(self, k: int = 1):
+        before, self.n = self.n, self.n + k
+        if before < self.warm <= self.n:
+            self.t0, self.n0 = time.perf_counter_ns(), self.n
+        if before < self.total <= self.n:
+            rate = (self.n - self.n0) * 1e9 / (time.perf_counter_ns() - self.t0)
+            self.done.set_result(rate)
 
 
 class Pinger:
@@ -109,10 +111,12 @@ class Pinger:
         return True
 
 
-async def aiolowlat_client(url, ssl_ctx, mode, s: Settings):
+async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False):
+    """on_ws_frame per message, as picows; with batch=True, a read's messages in one call."""
     import aiolowlat.ws as alws
 
     decode = msgspec.json.Decoder(Trade).decode
+    batch_decoder = msgspec.json.Decoder(list[Trade]) if batch else None
     if mode == "feed":
         counter = Counter(s.messages)
 
@@ -121,6 +125,11 @@ async def aiolowlat_client(url, ssl_ctx, mode, s: Settings):
                 if frame.opcode == 1:
                     decode(frame.payload)
                     counter.tick()
+
+            def on_ws_batch(self, transport, trades, rx_ns):
+                counter.tick(len(trades))
+
+        Feed.batch_decoder = batch_decoder
 
         transport, _ = await alws.ws_connect(Feed, url, ssl=ssl_ctx, max_size=None)
         try:
@@ -133,9 +142,18 @@ async def aiolowlat_client(url, ssl_ctx, mode, s: Settings):
         def on_ws_frame(self, transport, frame):
             if frame.opcode == 1:
                 decode(frame.payload)
-                if pinger.echoed():
-                    pinger.sent = time.perf_counter_ns()
-                    transport.send(1, pinger.payload.encode())
+                self.echoed(transport)
+
+        def on_ws_batch(self, transport, trades, rx_ns):
+            for _ in trades:
+                self.echoed(transport)
+
+        def echoed(self, transport):
+            if pinger.echoed():
+                pinger.sent = time.perf_counter_ns()
+                transport.send(1, pinger.payload.encode())
+
+    Echo.batch_decoder = batch_decoder
 
     transport, _ = await alws.ws_connect(Echo, url, ssl=ssl_ctx)
     try:
@@ -192,7 +210,8 @@ async def _await_style(recv, send, decode, mode, s: Settings):
             return pinger.done.result()
 
 
-async def picows_client(url, ssl_ctx, mode, s: Settings):
+async def picows_client(url, ssl_ctx, mode, s: Settings, **kw):
+    """picows as installed: with aiofastnet (its own C transports and TLS) when present."""
     import picows
 
     decode = msgspec.json.Decoder(Trade).decode
@@ -206,7 +225,7 @@ async def picows_client(url, ssl_ctx, mode, s: Settings):
                     counter.tick()
 
         transport, _ = await picows.ws_connect(
-            Feed, url, ssl_context=ssl_ctx, max_frame_size=2**30
+            Feed, url, ssl_context=ssl_ctx, max_frame_size=2**30, **kw
         )
         try:
             return await counter.done
@@ -222,7 +241,7 @@ async def picows_client(url, ssl_ctx, mode, s: Settings):
                     pinger.sent = time.perf_counter_ns()
                     transport.send(picows.WSMsgType.TEXT, pinger.payload.encode())
 
-    transport, _ = await picows.ws_connect(Echo, url, ssl_context=ssl_ctx)
+    transport, _ = await picows.ws_connect(Echo, url, ssl_context=ssl_ctx, **kw)
     try:
         pinger.sent = time.perf_counter_ns()
         transport.send(picows.WSMsgType.TEXT, pinger.payload.encode())
@@ -233,8 +252,11 @@ async def picows_client(url, ssl_ctx, mode, s: Settings):
 
 CLIENTS = {
     "aiolowlat": aiolowlat_client,
+    "aiolowlat-batch": functools.partial(aiolowlat_client, batch=True),
     "aiolowlat-recv": aiolowlat_recv_client,
     "picows": picows_client,
+    # picows on the loop's own transports (and asyncio's ssl), as aiolowlat runs
+    "picows-std": functools.partial(picows_client, use_aiofastnet=False),
     "aiohttp": aiohttp_client,
     "websockets": websockets_client,
 }

@@ -191,7 +191,7 @@ long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
     out[pos++] = open;
     for (int i = 0; i < n; i++) {
         uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
-        if ((uint8_t)meta != want) continue;
+        if ((uint8_t)meta != want) return -2;
         if (size + 2 > cap - pos) return -1;
         if (c++) out[pos++] = sep;
         memcpy(out + pos, buf + (meta >> 8), size);

@@ -61,9 +61,9 @@ void al_ws_mask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *key
  * Returns the frame's size, or 0 if the kernel's random source failed. */
 size_t al_ws_encode(uint8_t *out, uint8_t first, const char *payload, size_t len, int masked);
 
-/* Write open, the payloads of scanned frames [0, n) of buf whose kind equals want joined
- * by sep, and close into out: e.g. a JSON array of messages for one
- * decoder call. Returns the bytes written, or -1 if cap is too small. */
+/* Write open, the payloads of scanned frames [0, n) of buf joined by sep, and close into
+ * out: e.g. a JSON array of messages for one decoder call. Every frame's kind must equal
+ * want. Returns the bytes written, -1 if cap is too small, -2 for a frame of another kind. */
 long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
                 uint8_t *out, size_t cap, uint8_t open, uint8_t sep, uint8_t close);
 

@@ -43,7 +43,7 @@ __all__ = [
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADERS = 64 * 1024  # a longer handshake response is refused
 SCAN_CAP = 1024  # frames per C scan call
-_scan, _encode, _unpack = lib.al_ws_scan, lib.al_ws_encode, ffi.unpack
+_scan, _encode, _join, _unpack = lib.al_ws_scan, lib.al_ws_encode, lib.al_ws_join, ffi.unpack
 MIN_READ = 64 * 1024  # free space get_buffer() guarantees
 
 
@@ -311,6 +311,7 @@ class ClientProtocol:
         self.max_frame_size = max_frame_size if max_frame_size is not None else self.max_size
         self.key = base64.b64encode(key or os.urandom(16))
         self.state = State.CONNECTING
+        self.plain_open = False  # open without compression: frame() alone makes a message
         self.subprotocol: str | None = None
         self.deflate: Deflate | None = None  # agreed parameters
         self._deflater: _Deflater | None = None
@@ -326,6 +327,7 @@ class ClientProtocol:
         self._scan = ffi.new("al_ws_scan_state *")
         self._frames = ffi.new("uint64_t[]", 2 * SCAN_CAP)
         self._stop = 0
+        self._jbuf = bytearray(0)  # join_text's output, sized to the receive buffer
         self._flags = lib.AL_WS_CHECK_UTF8
         self._obuf = ffi.new("uint8_t[]", 65536)  # reused for every frame that fits
         # A fragmented message being assembled: (opcode, compressed, parts, size).
@@ -404,6 +406,7 @@ class ClientProtocol:
             self._flags |= lib.AL_WS_ALLOW_RSV1
         self.subprotocol = protocols[0] if protocols else None
         self.state = State.OPEN
+        self.plain_open = self._deflater is None
         return Accepted(self.subprotocol, extensions[0] if extensions else None, tuple(headers))
 
     # -- receiving ---------------------------------------------------------------------
@@ -515,6 +518,15 @@ class ClientProtocol:
             self.frames = []
         return n
 
+    def join_text(self, n: int) -> memoryview | None:
+        """The last scan's n frames as one JSON array of their payloads, if every one is a
+        one-frame text message (else None): a whole read decoded in one decoder call."""
+        if len(self._jbuf) < len(self._buf) + 2:
+            self._jbuf = bytearray(len(self._buf) + 2)
+            self._jview, self._jptr = memoryview(self._jbuf), ffi.from_buffer(self._jbuf)
+        size = _join(self._ptr, self._frames, n, 0x81, self._jptr, len(self._jbuf), 91, 44, 93)
+        return self._jview[:size] if size > 0 else None
+
     def scan_done(self) -> bool:
         """Release the frames of the last scan; True if another scan may find more."""
         if self._start == self._end:
@@ -533,9 +545,10 @@ class ClientProtocol:
     def fail(self, code: int, reason: str):
         """Fail the connection: queue a close frame with ``code`` and raise ProtocolError."""
         if self.state in (State.OPEN, State.CONNECTING):
-            self._out.append(self._frame(0x88, _close_payload(code, "")))
+            self._out.append(self.frame(0x88, _close_payload(code, "")))
             self.close_sent = (code, "")
         self.state = State.CLOSED
+        self.plain_open = False
         self._start = self._end = 0
         raise ProtocolError(code, reason)
 
@@ -589,7 +602,7 @@ class ClientProtocol:
     def _control(self, opcode: int, payload: bytes):
         if opcode == 9:
             if self.state is State.OPEN:
-                self._out.append(self._frame(0x8A, payload))
+                self._out.append(self.frame(0x8A, payload))
             return Ping(payload)
         if opcode == 10:
             return Pong(payload)
@@ -603,14 +616,16 @@ class ClientProtocol:
         reason = payload[2:].decode()
         self.close_code, self.close_reason = code, reason
         if self.state is State.OPEN:  # echo the code (RFC 6455 5.5.1)
-            self._out.append(self._frame(0x88, payload[:2]))
+            self._out.append(self.frame(0x88, payload[:2]))
             self.close_sent = (code, "")
         self.state = State.CLOSED
+        self.plain_open = False
         return Close(code, reason)
 
     # -- sending -----------------------------------------------------------------------
 
-    def _frame(self, first: int, payload) -> bytes:
+    def frame(self, first: int, payload) -> bytes:
+        """One masked frame with this first byte (fin, rsv1, opcode) around payload."""
         n = len(payload)
         out = self._obuf if n <= 65536 - 14 else ffi.new("uint8_t[]", n + 14)
         if type(payload) is not bytes:
@@ -634,8 +649,8 @@ class ClientProtocol:
         """One frame for a text (1) or binary (2) message, compressed if agreed."""
         self._check_open()
         if self._deflater is not None:
-            return self._frame(0xC0 | opcode, self._deflater.compress(data))
-        return self._frame(0x80 | opcode, data)
+            return self.frame(0xC0 | opcode, self._deflater.compress(data))
+        return self.frame(0x80 | opcode, data)
 
     def send_fragments(self, opcode: int, parts) -> bytes:
         """One message as several frames (uncompressed), for peers that test reassembly."""
@@ -644,20 +659,20 @@ class ClientProtocol:
         frames = []
         for i, part in enumerate(parts):
             fin = 0x80 if i == len(parts) - 1 else 0
-            frames.append(self._frame(fin | (opcode if i == 0 else 0), part))
+            frames.append(self.frame(fin | (opcode if i == 0 else 0), part))
         return b"".join(frames)
 
     def send_ping(self, data: bytes = b"") -> bytes:
         self._check_open()
         if len(data) > 125:
             raise ValueError("ping payload over 125 bytes")
-        return self._frame(0x89, data)
+        return self.frame(0x89, data)
 
     def send_pong(self, data: bytes = b"") -> bytes:
         self._check_open()
         if len(data) > 125:
             raise ValueError("pong payload over 125 bytes")
-        return self._frame(0x8A, data)
+        return self.frame(0x8A, data)
 
     def send_close(self, code: int = 1000, reason: str = "") -> bytes:
         """Our close frame; the state becomes CLOSING until the peer's arrives."""
@@ -666,8 +681,9 @@ class ClientProtocol:
         payload = _close_payload(code, reason)
         self._check_open()
         self.state = State.CLOSING
+        self.plain_open = False
         self.close_sent = (code, reason)
-        return self._frame(0x88, payload)
+        return self.frame(0x88, payload)
 
     def data_to_send(self) -> bytes:
         """Replies owed to the peer (pongs, the close echo or failure's close frame)."""
