@@ -5,7 +5,9 @@ Codec cases encode a whole message (header, body, BodyLength, CheckSum) and deco
 ``aiolowlat`` (field list -> bytes -> FixMessage), ``aiolowlat-typed`` (msgspec Struct ->
 bytes -> Struct), ``simplefix``, ``quickfix`` (C++ behind SWIG). Rounds interleave the impls;
 the median round is reported. The round-trip case sends a NewOrderSingle and times the
-ExecutionReport from the simulator exchange in another process on the same core, per loop.
+ExecutionReport from the simulator exchange in another process on the same core, per loop
+(both sides on that loop kind). Table ratios: codec cases against simplefix's msgs/s (the
+target is >= 3x), round trips against asyncio's p50.
 
     python benchmarks/fix_codec.py            # full, ~2 min
     python benchmarks/fix_codec.py --quick    # under 60 s
@@ -259,15 +261,25 @@ def main() -> None:
             results.append(emit("nos_to_er_rtt", "aiolowlat", kind,
                                 run_rtt(kind, rtt_warmup, rtt_count)))
     print()
-    print(f"{'case':22} {'impl':16} {'loop':10} {'ns/msg':>10} {'msgs/s':>12} "
-          f"{'rtt p50 us':>11} {'rtt p99 us':>11} {'vs simplefix':>13}")
+    print(f"{'case':22} {'impl':16} {'loop':10} {'ns/msg':>9} {'msgs/s':>9} {'rt/s':>7} "
+          f"{'p50 us':>8} {'p99 us':>8}  ratio (higher is better)")
     base = {r["case"]: r["msgs_per_s"] for r in results if r["impl"] == "simplefix"}
+    rtt_base = next((r["rtt_p50_us"] for r in results if r["loop"] == "asyncio"), None)
+
+    def cell(r, key, width, spec):
+        return f"{r[key]:{width}{spec}}" if key in r else f"{'-':>{width}}"
+
     for r in results:
-        ratio = r.get("msgs_per_s", 0) / base[r["case"]] if r["case"] in base else None
+        if r["case"] in base:
+            ratio = f"{r['msgs_per_s'] / base[r['case']]:.2f}x simplefix's msgs/s"
+        elif rtt_base:
+            ratio = f"{rtt_base / r['rtt_p50_us']:.2f}x asyncio's p50 speed"
+        else:
+            ratio = "-"
         print(f"{r['case']:22} {r['impl']:16} {r['loop'] or '-':10} "
-              f"{r.get('ns_per_msg', 0):10.0f} {r.get('msgs_per_s', r.get('round_trips_per_s', 0)):12.0f} "
-              f"{r.get('rtt_p50_us', 0):11.1f} {r.get('rtt_p99_us', 0):11.1f} "
-              f"{(f'{ratio:.2f}x' if ratio else '-'):>13}")
+              f"{cell(r, 'ns_per_msg', 9, '.0f')} {cell(r, 'msgs_per_s', 9, '.0f')} "
+              f"{cell(r, 'round_trips_per_s', 7, '.0f')} {cell(r, 'rtt_p50_us', 8, '.1f')} "
+              f"{cell(r, 'rtt_p99_us', 8, '.1f')}  {ratio}")
 
 
 if __name__ == "__main__":
