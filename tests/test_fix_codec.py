@@ -156,8 +156,8 @@ def peer(msg_type, seq, fields, now=T0):
     return encode(b"FIX.4.4", msg_type, head + list(fields))
 
 
-def logged_on():
-    s = FixSession(SessionConfig("CLIENT", "EXCH"))
+def logged_on(validate=True):
+    s = FixSession(SessionConfig("CLIENT", "EXCH", validate=validate))
     s.connection_made(T0)
     s.receive_data(peer(b"A", 1, [(98, 0), (108, 30)]), T0)
     s.data_to_send()
@@ -246,3 +246,16 @@ def test_decode_agrees_with_simplefix():
     assert [(t, v) for t, v in zip(ours.tags, ours.values)] == [
         (int(t), v) for t, v in theirs.pairs
     ]
+
+
+@PROPS
+@given(st.sampled_from([b"0", b"1", b"2", b"3", b"4", b"5", b"A", b"D"]),
+       st.lists(st.tuples(st.sampled_from([7, 16, 36, 43, 45, 58, 108, 112, 122, 123, 141, 373]),
+                          st.binary(max_size=6).map(lambda v: v.replace(b"\x01", b""))),
+                max_size=5),
+       st.integers(0, 5))
+def test_admin_messages_with_bad_values_never_raise_even_without_validation(kind, fields, seq):
+    for validate in (True, False):
+        s = logged_on(validate)
+        events = s.receive_data(peer(kind, seq, fields), T0)
+        assert all(type(e).__module__ == FixSession.__module__ for e in events)

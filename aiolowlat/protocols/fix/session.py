@@ -513,8 +513,12 @@ class FixSession:
 
     def _on_resend_request(self, msg: FixMessage, now: float) -> None:
         """Replay [7, 16]: application messages with PossDupFlag, the rest as GapFill."""
-        begin = int(msg.get(7, b"0") or 0)
-        end = int(msg.get(16, b"0") or 0)
+        begin_b, end_b = msg.get(7, b""), msg.get(16, b"0")
+        if not begin_b.isdigit() or not end_b.isdigit():
+            self._reject(msg, RejectReason.INCORRECT_DATA_FORMAT, 7 if not begin_b.isdigit()
+                         else 16, "Incorrect data format for value", now)
+            return
+        begin, end = int(begin_b), int(end_b)
         last = self.next_sender_seq - 1
         if end == 0 or end > last:  # 0 (4.2+) or 999999 (4.0/4.1) mean "through the last"
             end = last
