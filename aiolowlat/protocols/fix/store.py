@@ -60,7 +60,13 @@ class MemoryStore:
 
     def get_sent(self, begin: int, end: int) -> list[tuple[int, bytes]]:
         """Stored frames with begin <= seq <= end, in order."""
-        return [(s, self._read(s)) for s in sorted(self._sent) if begin <= s <= end]
+        return [(s, self._read(s)) for s in self._seqs_between(self._sent, begin, end)]
+
+    def _seqs_between(self, stored: dict, begin: int, end: int) -> list[int]:
+        end = min(end, self.next_sender_seq - 1)
+        if end - begin < len(stored):  # a short range: look the numbers up
+            return [s for s in range(begin, end + 1) if s in stored]
+        return sorted(s for s in stored if begin <= s <= end)
 
     def _read(self, seq: int) -> bytes:
         return self._sent[seq]
@@ -167,7 +173,7 @@ class FileStore(MemoryStore):
         self.next_sender_seq = seq
 
     def get_sent(self, begin: int, end: int) -> list[tuple[int, bytes]]:
-        return [(s, self._read(s)) for s in sorted(self._offsets) if begin <= s <= end]
+        return [(s, self._read(s)) for s in self._seqs_between(self._offsets, begin, end)]
 
     def _read(self, seq: int) -> bytes:
         offset, length = self._offsets[seq]
