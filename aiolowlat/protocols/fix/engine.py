@@ -266,7 +266,7 @@ class _SessionProtocol(asyncio.Protocol):
             if len(self._pending) > 65536:
                 self.transport.close()
             return
-        session = None if type(first) is Garbled else self._router(decode_safe(first))
+        session = None if type(first) is Garbled else self._router(_decode_or_none(first))
         if session is None or session.connected:
             log.warning("fix acceptor: no free session for %r", first[:120])
             self.transport.close()
@@ -289,7 +289,7 @@ class _SessionProtocol(asyncio.Protocol):
             self.session._resume()
 
 
-def decode_safe(frame: bytes) -> FixMessage | None:
+def _decode_or_none(frame: bytes) -> FixMessage | None:
     try:
         return decode(frame)
     except ValueError:

@@ -280,9 +280,9 @@ class FixSession:
             elif silence >= hbi * self.config.test_request_factor and not self._test_request_sent:
                 self._test_req_counter += 1
                 self._test_request_sent = True
-                self._send_admin(b"1", [(112, b"TEST%d" % self._test_req_counter)], now)
+                self._send(b"1", [(112, b"TEST%d" % self._test_req_counter)], now)
             if self.state is SessionState.ACTIVE and now - self._last_sent >= hbi:
-                self._send_admin(b"0", [], now)
+                self._send(b"0", [], now)
         return self._take_events()
 
     # ---- receiving --------------------------------------------------------------------------
@@ -411,7 +411,7 @@ class FixSession:
             return
         if self._resend_pending_until == 0:
             begin = self.next_target_seq
-            self._send_admin(b"2", [(7, begin), (16, 0)], now)
+            self._send(b"2", [(7, begin), (16, 0)], now)
             self.counters.resend_requests_sent += 1
         self._resend_pending_until = max(self._resend_pending_until, seq)
 
@@ -471,7 +471,7 @@ class FixSession:
             if self._test_request_sent and msg.get(112) is not None:
                 self._test_request_sent = False
         elif msg_type == b"1":
-            self._send_admin(b"0", [(112, msg.get(112))], now)
+            self._send(b"0", [(112, msg.get(112))], now)
         elif msg_type == b"2":
             pass  # answered on arrival
         elif msg_type == b"3":
@@ -550,7 +550,7 @@ class FixSession:
     def _on_logout(self, msg: FixMessage, now: float) -> None:
         text = msg.get_str(58, "")
         if not self._logout_initiated:
-            self._send_admin(b"5", [], now)
+            self._send(b"5", [], now)
         self._events.append(LoggedOut(text))
         if self.config.reset_on_logout:
             self.store.reset(now)
@@ -565,13 +565,13 @@ class FixSession:
         if reset:
             fields.append((141, b"Y"))
             self._reset_sent = True
-        self._send_admin(b"A", fields, now)
+        self._send(b"A", fields, now)
 
     def _send_logout(self, now: float, text: str = "") -> None:
         if self.state is SessionState.DISCONNECTED or self._logout_initiated:
             return
         self._logout_initiated = True
-        self._send_admin(b"5", [(58, text)] if text else [], now)
+        self._send(b"5", [(58, text)] if text else [], now)
         self._set_state(SessionState.LOGOUT_SENT, now)
 
     def _reject(self, msg: FixMessage, reason: int, tag, text: str, now: float) -> None:
@@ -585,10 +585,7 @@ class FixSession:
         fields.append((58, text))
         self.counters.rejects_sent += 1
         self._events.append(RejectSent(msg.seq_num if 34 in msg else 0, reason, tag, text))
-        self._send_admin(b"3", fields, now)
-
-    def _send_admin(self, msg_type: bytes, fields, now: float) -> int:
-        return self._send(msg_type, fields, now)
+        self._send(b"3", fields, now)
 
     def _send(self, msg_type: bytes, fields, now: float) -> int:
         seq = self.store.next_sender_seq
