@@ -64,7 +64,7 @@ class Settings:
     deadline_s: float  # per run
 
 
-QUICK = Settings(messages=150_000, round_trips=2_000, rounds=1, deadline_s=20)
+QUICK = Settings(messages=100_000, round_trips=1_500, rounds=1, deadline_s=15)
 FULL = Settings(messages=1_000_000, round_trips=20_000, rounds=3, deadline_s=60)
 
 
