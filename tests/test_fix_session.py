@@ -337,3 +337,19 @@ def test_logon_with_too_high_seqnum_requests_resend():
     fill = frame(b"4", 1, [(123, b"Y"), (36, 6)], header=[(43, b"Y"), (122, format_utc(T0))])
     s.receive_data(fill, T0)
     assert s.next_target_seq == 6
+
+
+def test_fix42_reject_leaves_out_reasons_fix42_does_not_have():
+    s = FixSession(SessionConfig("CLIENT", "EXCH", begin_string="FIX.4.2"), MemoryStore())
+    s.connection_made(T0)
+    s.data_to_send()
+    s.receive_data(frame(b"A", 1, [(98, 0), (108, 30)], begin=b"FIX.4.2"), T0)
+    nos42 = [(11, b"O1"), (21, b"1"), (55, b"X"), (54, b"1"), (60, b"20231114-22:13:20"),
+             (40, b"1")]
+    (ev,) = s.receive_data(frame(b"D", 2, [*nos42, (11, b"twice")], begin=b"FIX.4.2"), T0)
+    assert ev.reason == 13
+    (rej,) = sent(s)
+    assert 373 not in rej and rej[58] == b"Tag appears more than once" and rej[371] == b"11"
+    (ev,) = s.receive_data(frame(b"D", 3, nos42[1:], begin=b"FIX.4.2"), T0)
+    (rej,) = sent(s)
+    assert rej[373] == b"1" and rej[371] == b"11"

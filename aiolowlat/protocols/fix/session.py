@@ -580,7 +580,8 @@ class FixSession:
             fields.append((371, tag))
         if msg.msg_type:
             fields.append((372, msg.msg_type))
-        if self._begin != b"FIX.4.0" and self._begin != b"FIX.4.1":
+        allowed = self.dictionary.fields.get(373, (None, None, ()))[2] or ()
+        if str(reason) in allowed:  # FIX 4.2 knows reasons 0-11 only; the text says the rest
             fields.append((373, reason))
         fields.append((58, text))
         self.counters.rejects_sent += 1
