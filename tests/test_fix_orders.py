@@ -151,6 +151,7 @@ def test_settings_file(tmp_path):
     ("[SESSION]\nResetOnLogon=maybe\nBeginString=FIX.4.4\nSenderCompID=A\nTargetCompID=B\n"
      "SocketConnectPort=1\n", "expected Y or N"),
     ("HeartBtInt=1\n", "inside a section"),
+    ("[DEFAULT]\nStartTime=00:00:00\n", "StartTime is not supported"),
 ])
 def test_settings_errors_name_the_problem(text, error):
     with pytest.raises(SettingsError, match=error):

@@ -32,8 +32,9 @@ _KNOWN = {
     "SocketConnectHost", "SocketConnectPort", "SocketAcceptHost", "SocketAcceptPort",
     "FileStorePath", "FileStoreSync", "ResetOnLogon", "ResetOnLogout", "ResetOnDisconnect",
     "ReconnectInterval", "MaxReconnectInterval", "UseDataDictionary", "CheckLatency",
-    "MaxLatency", "LogonTimeout", "LogoutTimeout", "StartTime", "EndTime",
+    "MaxLatency", "LogonTimeout", "LogoutTimeout",
 }
+_UNSUPPORTED = {"StartTime", "EndTime", "StartDay", "EndDay", "DataDictionary"}
 
 
 class SettingsError(ValueError):
@@ -145,6 +146,9 @@ def parse_settings(text: str) -> list[SessionSettings]:
         key, value = key.strip(), value.strip()
         if not eq or current is None:
             raise SettingsError(f"line {lineno}: expected Key=Value inside a section")
+        if key in _UNSUPPORTED:
+            raise SettingsError(f"line {lineno}: {key} is not supported (sessions run whenever "
+                                "connected; the FIX 4.2/4.4 dictionaries are built in)")
         if key not in _KNOWN:
             raise SettingsError(f"line {lineno}: unknown key {key!r}")
         current[key] = value
