@@ -13,8 +13,9 @@
     SenderCompID=CLIENT
     TargetCompID=EXCH
 
-Keys are QuickFIX's names (a subset: those below); a [SESSION] key overrides [DEFAULT].
-Unknown keys raise, so a typo does not pass silently.
+Keys are QuickFIX's names (the subset in ``_KNOWN``, plus FileStoreSync: always, never or
+seconds between fsyncs); a [SESSION] key overrides [DEFAULT]. Unknown keys raise, so a typo
+does not pass silently, and so do QuickFIX keys this engine does not honour (schedules).
 """
 
 from __future__ import annotations
