@@ -142,9 +142,9 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = None
         if self._conn_lost or self._conn is None or self._closing:
-            if self._conn_lost >= 5:
+            if self._writes_after_close >= 5:
                 logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+            self._writes_after_close += 1  # not _conn_lost: connection_lost must still come
             return
         if addr is None:
             name = ffi.NULL

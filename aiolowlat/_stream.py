@@ -55,6 +55,7 @@ class UringTransport(transports._FlowControlMixin):
         self._closing = False      # close() or abort() called
         self._paused = False       # pause_reading() in effect
         self._conn_lost = 0        # connection_lost scheduled
+        self._writes_after_close = 0  # asyncio warns after a few of these
         self._lost_exc = None
         self._stash = []           # bytes that arrived after pause_reading()
         self._protocol_connected = False
@@ -281,9 +282,9 @@ class UringStreamTransport(UringTransport, transports.Transport):
         if not data:
             return
         if self._conn_lost or self._conn is None or self._closing:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            if self._writes_after_close >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+            self._writes_after_close += 1  # not _conn_lost: connection_lost must still come
             return
         pending = _conn_send(self._c, self._conn, data, len(data))
         if pending < 0:

@@ -508,6 +508,40 @@ def test_abort_drops_pending_writes(loop):
     run(loop, main(), timeout=30)
 
 
+@pytest.mark.parametrize("ending", ["abort", "close"])
+def test_writes_after_close_still_end_in_connection_lost_and_eof(loop, ending):
+    """websockets writes a close frame after abort(): the write is dropped, and the
+    connection must still be lost and the peer see the end (it once hung here)."""
+
+    async def main():
+        lost = loop.create_future()
+
+        class Closer(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(b"hello")
+                getattr(transport, ending)()
+                for _ in range(3):
+                    transport.write(b"late")  # dropped, as asyncio drops them
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await loop.create_server(Closer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            rest = await reader.read()  # to EOF (close) or a reset (abort)
+            assert rest in (b"", b"hello")
+        except ConnectionResetError:
+            assert ending == "abort"
+        assert await lost is None
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 def test_exception_in_protocol_callback_reaches_handler(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
