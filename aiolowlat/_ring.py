@@ -215,21 +215,26 @@ class Ring(selectors.BaseSelector):
             kind = tok & 7
             tok >>= 3
             try:
-                if kind == EV_DATA:
-                    conns[tok]._on_data(r, a)
-                elif kind == EV_DGRAM:
-                    conns[tok]._on_dgram(r, a, self._stamps[i])
-                elif kind == EV_OP:
+                if kind == EV_OP:
                     cb = ops[tok] if a & CQE_F_MORE else ops.pop(tok)
                     cb(r, a)
+                    continue
+                conn = conns.get(tok)
+                if conn is None:  # closed by a callback earlier in this batch: stale
+                    continue
+                if kind == EV_DATA:
+                    conn._on_data(r, a)
+                elif kind == EV_DGRAM:
+                    conn._on_dgram(r, a, self._stamps[i])
                 elif kind == EV_EOF:
-                    conns[tok]._on_eof()
+                    conn._on_eof()
                 elif kind == EV_ERR:
-                    conns[tok]._on_error(r)
+                    conn._on_error(r)
                 elif kind == EV_DRAIN:
-                    conns[tok]._on_drain()
+                    conn._on_drain()
                 elif kind == EV_CLOSED:
-                    conns.pop(tok)._on_released()
+                    del conns[tok]
+                    conn._on_released()
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # one bad callback must not lose the rest of the batch

@@ -542,6 +542,43 @@ def test_writes_after_close_still_end_in_connection_lost_and_eof(loop, ending):
     run(loop, main())
 
 
+def test_closing_on_data_that_arrived_with_the_eof(loop):
+    """Data and the peer's FIN in one batch, the transport closed on the data: the EOF
+    that follows belongs to a closed transport and is not an error."""
+    errors = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+
+    async def main():
+        lost = loop.create_future()
+
+        class CloseOnData(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.close()
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        async def send_and_close(reader, writer):
+            writer.write(b"bye")
+            writer.close()
+
+        server = await asyncio.start_server(send_and_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sock = socket.create_connection(("127.0.0.1", port))
+        await asyncio.sleep(0.1)  # the data and the FIN are both waiting before we look
+        await loop.create_connection(CloseOnData, sock=sock)
+        assert await lost is None
+        await asyncio.sleep(0.05)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert not errors
+
+
 def test_exception_in_protocol_callback_reaches_handler(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
