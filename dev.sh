@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two commands of the README, and the set-up they share.
-#   ./dev.sh demo [args]          the demo: books and VWAP from the embedded ITCH
-#                                 simulator on the io_uring loop (default: 10 s)
+#   ./dev.sh demo [args]          the demo: a strategy on the embedded exchange
+#                                 simulators (five WebSocket/TLS venues in, FIX
+#                                 orders out) on the io_uring loop (default: 10 s)
 #   ./dev.sh test [pytest args]   run the tests and the linter
 # Both install what they need: Debian packages with apt-get, Python packages
 # into ./.venv with pip, and the C core compiled by cffi at install.
@@ -50,7 +51,7 @@ case "$cmd" in
     demo)
         setup
         [ $# -gt 0 ] || set -- --seconds 10
-        exec "$VENV/bin/python" examples/itch_multicast_vwap.py "$@"
+        exec "$VENV/bin/python" examples/demo.py "$@"
         ;;
     test)
         setup
@@ -61,7 +62,7 @@ case "$cmd" in
         setup
         ;;
     *)
-        echo "usage: ./dev.sh demo [--seconds N] [--loop L] [--transport T] | test [pytest args] | setup" >&2
+        echo "usage: ./dev.sh demo [--seconds N] [--busy-poll] | test [pytest args] | setup" >&2
         exit 2
         ;;
 esac

@@ -53,3 +53,12 @@ def test_doctor_checks_this_host():
     result = aiolowlat("doctor", "--needs", "uring,af_xdp,dpdk")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "io_uring" in result.stdout and "fix" in result.stdout.lower()
+
+
+def test_demo_runs_the_strategy_on_the_simulators_and_stops():
+    result = aiolowlat("demo", "--seconds", "3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for venue in ("binance", "coinbase", "bybit", "okx", "kraken"):
+        assert venue in out
+    assert "strategy: bid" in out and "orders sent" in out and "done in" in out
