@@ -28,6 +28,8 @@ SIMULATORS = {
     "fix": "aiolowlat.sim.fix_exchange",
 }
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_DEFAULT_SYMBOLS = {"binance": "BTCUSDT", "coinbase": "BTC-USD", "bybit": "BTCUSDT",
+                    "okx": "BTC-USDT", "kraken": "BTC/USD"}
 
 
 def _module_main(module: str, argv: list[str]) -> int:
@@ -184,12 +186,63 @@ async def _record_itch(args) -> int:
     return 0
 
 
+async def _record_venue(args) -> int:
+    import json
+
+    from .venues import ADAPTERS, run_feed
+
+    sim = None
+    if args.live:
+        adapter, ssl = ADAPTERS[args.feed](), None
+    else:
+        from .sim.ws_exchange import WsExchange
+
+        sim = await WsExchange(seed=args.seed).start()
+        adapter, ssl = ADAPTERS[args.feed](simulator=sim.url), sim.client_ssl_context()
+    symbols = args.symbols or [_DEFAULT_SYMBOLS[args.feed]]
+    with _record.Recorder(args.out) as rec:
+        rec.message(f"{args.feed}:symbols", json.dumps(symbols))
+        _record.tap_adapter(rec, adapter)
+        feed = asyncio.ensure_future(run_feed(adapter, symbols, lambda _: None, ssl=ssl))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(feed), args.seconds)
+        finally:
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+            if sim is not None:
+                await sim.stop()
+        print(f"recorded {rec.records:,} {args.feed} messages to {args.out}", flush=True)
+    return 0
+
+
+def _replay_venues(path, venues) -> None:
+    import json
+
+    from .venues import ADAPTERS
+
+    symbols = {r.channel.split(":")[0]: json.loads(r.data) for r in _record.read(path)
+               if r.channel.endswith(":symbols")}
+    for venue in sorted(venues):
+        adapter = ADAPTERS[venue](simulator="wss://replay.invalid/")  # never connects
+        events = _record.replay_adapter(path, adapter, symbols.get(venue, []))
+        print(f"{venue}: {events:,} events; {adapter.counters}", flush=True)
+        for symbol, book in sorted(adapter.books.items()):
+            print(f"  {symbol} bid {book.best_bid()} ask {book.best_ask()}", flush=True)
+
+
 async def _replay(args) -> int:
     from .protocols.itch import PRICE_SCALE
     from .protocols.itch_feed import ItchFeedHandler
     from .protocols.sequencer import Sequencer
+    from .venues import ADAPTERS
 
-    channels = {r.channel for r in _record.read(args.file)}
+    records = list(_record.read(args.file))
+    venues = {r.channel.split(":")[0] for r in records} & set(ADAPTERS)
+    if venues:
+        _replay_venues(args.file, venues)
+        return 0
+    channels = {r.channel for r in records if r.kind == _record.DATAGRAM}
     handler = ItchFeedHandler(Sequencer(first_sequence=None, lines=tuple(sorted(channels))))
     messages = 0
 
@@ -238,13 +291,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--seed", type=int, default=1)
     p = sub.add_parser("record", help="record a feed with receive times to a file")
-    p.add_argument("feed", choices=["itch"], help="the embedded ITCH simulator's A/B lines")
+    p.add_argument("feed", choices=["itch", *_DEFAULT_SYMBOLS],
+                   help="the embedded ITCH simulator's A/B lines, or a venue")
+    p.add_argument("symbols", nargs="*", help="a venue's symbols (default: its BTC pair)")
+    p.add_argument("--live", action="store_true", help="the real venue, not the simulator")
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=50_000)
     p.add_argument("--seed", type=int, default=1)
-    p = sub.add_parser("replay", help="replay a recording through the feed handler")
+    p = sub.add_parser("replay", help="replay a recording through the feed handler or the "
+                                      "venue adapters")
     p.add_argument("file")
     p.add_argument("--speed", type=float, default=None,
                    help="1.0 keeps the recorded pace (default: as fast as possible)")
@@ -268,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "record":
-            return asyncio.run(_record_itch(args))
+            return asyncio.run(_record_itch(args) if args.feed == "itch"
+                               else _record_venue(args))
         if args.command == "replay":
             return asyncio.run(_replay(args))
     except KeyboardInterrupt:

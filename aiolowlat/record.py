@@ -1,5 +1,7 @@
 """Record a feed (datagrams or WebSocket messages, with receive times) and replay it
-through the same protocol classes, at recorded speed or as fast as possible.
+through the same protocol classes, at recorded speed or as fast as possible: datagrams
+into DatagramProtocols (``Recorder.wrap`` / ``replay``), a venue's messages into its
+adapter (``tap_adapter`` / ``replay_adapter``).
 
 File format (little-endian), written append-only so a killed recorder leaves every
 record before the last intact:
@@ -115,6 +117,56 @@ class _RecordingProtocol(asyncio.DatagramProtocol):
         for data, addr, rx_ns in batch:
             self._recorder.datagram(self._channel, data, addr, rx_ns)
         self._inner.datagrams_received(batch)
+
+
+def tap_adapter(recorder: Recorder, adapter) -> None:
+    """Record everything a venue adapter is fed (messages, REST snapshots, connection
+    opens and closes) under channels named after its venue, so replay_adapter can feed
+    a fresh adapter the same input in the same order."""
+    venue = adapter.venue
+    on_message, on_snapshot = adapter.on_message, adapter.on_snapshot
+    on_open, on_close = adapter.on_open, adapter.on_close
+
+    def message(data, rx_ns):
+        recorder.message(venue, data, rx_ns)
+        return on_message(data, rx_ns)
+
+    def snapshot(symbol, body, rx_ns):
+        recorder.message(f"{venue}:snapshot:{symbol}", bytes(body), rx_ns)
+        return on_snapshot(symbol, body, rx_ns)
+
+    def opened():
+        recorder.message(f"{venue}:open", "")
+        return on_open()
+
+    def closed(reason="disconnected"):
+        recorder.message(f"{venue}:close", reason)
+        return on_close(reason)
+
+    adapter.on_message, adapter.on_snapshot = message, snapshot
+    adapter.on_open, adapter.on_close = opened, closed
+
+
+def replay_adapter(path: str | os.PathLike, adapter, symbols: list[str]) -> int:
+    """Feed a fresh venue adapter what tap_adapter recorded for its venue; returns the
+    number of events it produced (its books are then as the recorded adapter's were)."""
+    venue = adapter.venue
+    adapter.start(symbols)
+    events = 0
+    for record in read(path):
+        channel = record.channel
+        if channel == venue:
+            events += len(adapter.on_message(record.data, record.rx_ns))
+        elif channel.startswith(f"{venue}:snapshot:"):
+            symbol = channel[len(venue) + len(":snapshot:"):]
+            events += len(adapter.on_snapshot(symbol, record.data, record.rx_ns))
+        elif channel == f"{venue}:open":
+            adapter.on_open()
+        elif channel == f"{venue}:close":
+            events += len(adapter.on_close(record.data))
+        adapter.take_outgoing()  # a replay answers nobody
+        adapter.take_snapshot_requests()
+    return events
 
 
 def read(path: str | os.PathLike) -> Iterator[Record]:

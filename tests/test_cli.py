@@ -22,6 +22,17 @@ def test_record_then_replay_the_itch_feed(tmp_path):
     assert paced.returncode == 0 and "AAPL" in paced.stdout
 
 
+def test_record_then_replay_a_venue_feed(tmp_path):
+    path = tmp_path / "okx.alrec"
+    recorded = aiolowlat("record", "okx", "BTC-USDT", "--out", str(path), "--seconds", "2")
+    assert recorded.returncode == 0, recorded.stderr
+    assert "okx messages" in recorded.stdout
+    replayed = aiolowlat("replay", str(path))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "okx:" in replayed.stdout and "checksum_failures=0" in replayed.stdout
+    assert "BTC-USDT bid (" in replayed.stdout
+
+
 def test_replay_of_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
     missing = aiolowlat("replay", str(tmp_path / "nope.alrec"))
     assert missing.returncode == 2 and "No such file" in missing.stderr

@@ -96,3 +96,36 @@ def test_replay_keeps_the_recorded_pace_or_runs_flat_out(tmp_path):
         assert len(got) == 5
     finally:
         lp.close()
+
+
+@pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
+@pytest.mark.parametrize("venue, symbol", [("binance", "BTCUSDT"), ("kraken", "BTC/USD"),
+                                           ("okx", "BTC-USDT")])
+def test_a_recorded_venue_feed_replays_into_the_same_book(loop, tmp_path, venue, symbol):
+    from aiolowlat.sim import WsExchange
+    from aiolowlat.venues import ADAPTERS, run_feed
+
+    path = tmp_path / f"{venue}.alrec"
+
+    async def main():
+        sim = await WsExchange(seed=3, rate=50).start()
+        live = ADAPTERS[venue](simulator=sim.url)
+        with record.Recorder(path) as rec:
+            record.tap_adapter(rec, live)
+            feed = asyncio.ensure_future(run_feed(live, [symbol], lambda _: None,
+                                                  ssl=sim.client_ssl_context()))
+            for _ in range(100):  # bounded: until the book is synced and has moved a while
+                await asyncio.sleep(0.02)
+                if live.counters.messages > 40 and live.books[symbol].synced:
+                    break
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+        await sim.stop()
+        return live
+
+    live = run(loop, main(), timeout=30)
+    replayed = ADAPTERS[venue](simulator="wss://127.0.0.1:1/")
+    assert record.replay_adapter(path, replayed, [symbol]) > 0
+    book, again = live.books[symbol], replayed.books[symbol]
+    assert again.synced and again.bids() == book.bids() and again.asks() == book.asks()
+    assert replayed.counters.messages == live.counters.messages
