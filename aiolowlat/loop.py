@@ -308,8 +308,10 @@ def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool 
 
     ``config``: a TOML file (or aiolowlat.config.Settings) that picks the loop
     (uring, uvloop, asyncio) and its mode, and tunes this thread and process as its
-    [tuning] says (a report of what took effect goes to stderr; undone at the end);
-    ``aiolowlat.config.current()`` returns it while the coroutine runs.
+    [tuning] says (a report of what took effect goes to stderr; undone at the end),
+    logs through structlog off the loop's thread as [log] says, and summarizes (and
+    with a port, serves to Prometheus) ``aiolowlat.metrics.registry()`` as [metrics]
+    says; ``aiolowlat.config.current()`` returns the settings while the coroutine runs.
     """
     if config is None:
         with asyncio.Runner(debug=debug,
@@ -322,16 +324,18 @@ def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool 
     if busy_poll or sqpoll:  # the caller's explicit asks add to the file's
         settings = msgspec.structs.replace(settings, busy_poll=settings.busy_poll or busy_poll,
                                            sqpoll=settings.sqpoll or sqpoll)
-    from . import tuning
+    from . import log, metrics, tuning
 
     _config._make_current(settings)
+    writer = log.setup_logging(settings.log.format, level=settings.log.level)
     # Tuning applies to this thread, which runs the loop; undone when the run ends.
     tuner = tuning.apply(settings.tuning)
     if tuner.findings:
         print(tuning.format_findings(tuner.findings), file=sys.stderr, flush=True)
     try:
         with asyncio.Runner(debug=debug, loop_factory=_config.loop_factory(settings)) as runner:
-            return runner.run(main)
+            return runner.run(metrics._serve_run_metrics(main, settings))
     finally:
         tuner.restore()
+        writer.close()
         _config._make_current(None)

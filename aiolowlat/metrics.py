@@ -391,3 +391,38 @@ def _respond(head: bytes, registry: MetricsRegistry) -> tuple[str, bytes]:
     if method != b"GET":
         return "405 Method Not Allowed", b"only GET\n"
     return "200 OK", registry.render_prometheus().encode()
+
+
+_default_registry = MetricsRegistry()
+_run_registry: MetricsRegistry | None = None
+
+
+def registry() -> MetricsRegistry:
+    """The registry of the running ``aiolowlat.run(config=...)``, which it logs in
+    summaries and serves to Prometheus as its [metrics] say; else a process default."""
+    return _run_registry if _run_registry is not None else _default_registry
+
+
+async def _serve_run_metrics(main, settings):
+    """Run ``main`` with the config's metrics and log services around it."""
+    global _run_registry
+    loop = asyncio.get_running_loop()
+    _run_registry = reg = MetricsRegistry()
+    if hasattr(loop, "ring_stats"):
+        reg.counter_group("aiolowlat_ring", loop.ring_stats, "io_uring loop counters")
+    tasks, server = [], None
+    try:
+        if settings.metrics.summary_interval > 0:
+            tasks.append(asyncio.ensure_future(log_summaries(reg,
+                                                             settings.metrics.summary_interval)))
+        if settings.metrics.prometheus_port is not None:
+            server = await serve_prometheus(reg, port=settings.metrics.prometheus_port)
+        return await main
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        _run_registry = None

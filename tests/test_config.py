@@ -163,3 +163,31 @@ def test_the_example_swaps_loop_and_transport_by_config(loop_name, transport):
     module = {"uring": "aiolowlat.loop", "asyncio": "asyncio.unix_events"}[loop_name]
     assert f"loop={module}" in result.stdout
     assert "gc freeze" in result.stderr  # the file's tuning, reported
+
+
+def test_run_serves_the_metrics_and_logs_the_config_asks_for(tmp_path, capfd):
+    import socket as socket_module
+
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "s.toml"
+    path.write_text(f'[metrics]\nsummary_interval = 0.05\nprometheus_port = {port}\n'
+                    '[log]\nformat = "json"\n')
+
+    async def main():
+        from aiolowlat import metrics
+
+        metrics.registry().counter("orders_sent_total", "orders").inc(3)
+        await asyncio.sleep(0.15)  # a summary or two
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = await reader.read()
+        writer.close()
+        return body.decode()
+
+    scraped = aiolowlat.run(main(), config=path)
+    assert "200 OK" in scraped and "orders_sent_total 3" in scraped
+    assert "aiolowlat_ring_" in scraped  # the loop's own counters
+    err = capfd.readouterr()
+    assert '"event":"metrics"' in err.err and '"orders_sent_total":3' in err.err  # JSON summary
