@@ -55,11 +55,9 @@ void bp_config_init(struct bp_config *cfg)
 void bp_init_packets(struct bp_engine *e, const uint8_t *mac)
 {
     const struct bp_config *c = &e->cfg;
-    pkt_init(&e->pkt, mac, c->ip, c->port);
+    pkt_init(&e->pkt, mac, c->ip, 0);  /* any port: the endpoints' routes filter ports */
     e->pkt.vlan = c->vlan;
     e->pkt.verify_udp_checksum = (uint8_t)(c->verify_udp_checksum != 0);
-    for (int i = 0; i < c->ngroups && i < PKT_MAX_GROUPS; i++)
-        pkt_join(&e->pkt, c->groups[i]);
     for (uint32_t i = 0; i < c->narp && i < BP_MAX_STATIC_ARP; i++)
         pkt_arp_set(&e->pkt, c->arp_ip[i], c->arp_mac[i], 1);
 }
@@ -77,6 +75,27 @@ static void queue_ctrl(struct bp_engine *e, const uint8_t *frame, uint32_t len)
     e->ctrl_len[i] = len;
 }
 
+static int ep_accepts(const struct bp_endpoint *ep, uint32_t dst)
+{
+    if (dst == ep->ip)
+        return 1;
+    for (int g = 0; g < ep->ngroups; g++)
+        if (ep->groups[g] == dst)
+            return 1;
+    return 0;
+}
+
+/* The endpoint for a datagram to dst:port, or -1. */
+static int route(const struct bp_engine *e, uint32_t dst, uint16_t port)
+{
+    for (int i = 0; i < e->nroutes; i++) {
+        const struct bp_endpoint *ep = &e->eps[e->routes[i]];
+        if (ep->port == port && ep_accepts(ep, dst))
+            return e->routes[i];
+    }
+    return -1;
+}
+
 void bp_rx_frame(struct bp_engine *e, const uint8_t *frame, uint32_t len, int64_t rx_ns)
 {
     struct pkt_udp u;
@@ -90,13 +109,23 @@ void bp_rx_frame(struct bp_engine *e, const uint8_t *frame, uint32_t len, int64_
     }
     if (verdict != PKT_UDP)
         return;
-    if (u.len > spsc_data_size(&e->rx)) {
-        e->st.rx_truncated++;
+    int id = route(e, u.dst_ip, u.dst_port);
+    if (id < 0) {
+        e->pkt.drops[PKT_DROP_PORT]++;  /* no endpoint for this address and port */
         return;
     }
-    struct spsc_slot *s = spsc_reserve(&e->rx);
+    struct bp_endpoint *ep = &e->eps[id];
+    e->st.rx_udp++;
+    ep->st.rx_udp++;
+    if (u.len > spsc_data_size(&ep->rx)) {
+        e->st.rx_truncated++;
+        ep->st.rx_truncated++;
+        return;
+    }
+    struct spsc_slot *s = spsc_reserve(&ep->rx);
     if (!s) {
         e->st.rx_ring_full++;  /* the loop is behind: drop, count, never wait */
+        ep->st.rx_ring_full++;
         return;
     }
     s->len = u.len;
@@ -106,31 +135,200 @@ void bp_rx_frame(struct bp_engine *e, const uint8_t *frame, uint32_t len, int64_
     s->local_port = u.dst_port;
     s->ns = rx_ns;
     memcpy(s->data, u.payload, u.len);
+    e->touched |= 1u << id;
 }
 
 void bp_rx_done(struct bp_engine *e)
 {
-    if (!spsc_publish(&e->rx))
+    uint32_t touched = e->touched;
+    if (!touched)
         return;
+    e->touched = 0;
+    for (uint32_t t = touched; t; t &= t - 1)
+        spsc_publish(&e->eps[__builtin_ctz(t)].rx);
     atomic_thread_fence(memory_order_seq_cst);  /* pairs with bp_arm's fence */
-    if (atomic_load_explicit(&e->rx_armed, memory_order_relaxed) &&
-        atomic_exchange(&e->rx_armed, 0)) {
-        uint64_t one = 1;
-        if (write(e->rx_efd, &one, sizeof one) == sizeof one)
-            e->st.wakeups++;
+    for (uint32_t t = touched; t; t &= t - 1) {
+        struct bp_endpoint *ep = &e->eps[__builtin_ctz(t)];
+        if (atomic_load_explicit(&ep->armed, memory_order_relaxed) &&
+            atomic_exchange(&ep->armed, 0)) {
+            uint64_t one = 1;
+            if (write(ep->efd, &one, sizeof one) == sizeof one) {
+                e->st.wakeups++;
+                ep->st.wakeups++;
+            }
+        }
     }
+}
+
+/* -- endpoints: filled by the loop, routed to by the engine -- */
+
+/* Engine side: route to exactly the open endpoints, join exactly their groups. */
+static void apply_routes(struct bp_engine *e, int op, int id)
+{
+    if (op == BP_CTL_ADD) {
+        e->eps[id].st = (struct bp_ep_stats){0};
+        e->routed |= 1u << id;
+    } else {
+        e->routed &= ~(1u << id);
+    }
+    int n = 0;
+    e->pkt.ngroups = 0;
+    for (uint32_t t = e->routed; t; t &= t - 1) {
+        int i = __builtin_ctz(t);
+        const struct bp_endpoint *ep = &e->eps[i];
+        e->routes[n++] = i;
+        pkt_join(&e->pkt, ep->ip);  /* -1 for a unicast address: nothing to join */
+        for (int g = 0; g < ep->ngroups; g++)
+            pkt_join(&e->pkt, ep->groups[g]);
+    }
+    e->nroutes = n;
+}
+
+/* Engine thread: carry out a pending ADD or REMOVE and acknowledge it. */
+static void serve_control(struct bp_engine *e)
+{
+    int op = atomic_load_explicit(&e->ctl_op, memory_order_acquire);
+    if (op == BP_CTL_NONE)
+        return;
+    apply_routes(e, op, e->ctl_ep);
+    atomic_store_explicit(&e->ctl_op, BP_CTL_NONE, memory_order_release);
+}
+
+/* Loop side: have the engine apply op to endpoint id; 0, or -1 when it does not answer. */
+static int control(struct bp_engine *e, int op, int id)
+{
+    if (!e->has_thread) {
+        apply_routes(e, op, id);
+        return 0;
+    }
+    e->ctl_ep = id;
+    atomic_store_explicit(&e->ctl_op, op, memory_order_release);
+    uint64_t one = 1;
+    if (write(e->tx_efd, &one, sizeof one) < 0)  /* wake a sleeping engine */
+        e->st.tx_errors++;
+    struct timespec nap = {0, 20 * 1000};
+    for (int i = 0; i < 100000; i++) {  /* bounded: 2 s */
+        if (atomic_load_explicit(&e->ctl_op, memory_order_acquire) == BP_CTL_NONE)
+            return 0;
+        nanosleep(&nap, NULL);
+    }
+    return -1;
+}
+
+static int overlaps(const struct bp_endpoint *ep, uint32_t ip, uint16_t port,
+                    const uint32_t *groups, int ngroups)
+{
+    if (ep->open != 1 || ep->port != port)
+        return 0;
+    if (ep_accepts(ep, ip))
+        return 1;
+    for (int g = 0; g < ngroups; g++)
+        if (ep_accepts(ep, groups[g]))
+            return 1;
+    return 0;
+}
+
+static int joined_after(const struct bp_engine *e, const uint32_t *groups, int ngroups,
+                        uint32_t ip)
+{
+    uint32_t all[PKT_MAX_GROUPS * 2];
+    int n = 0;
+    for (int i = 0; i < BP_MAX_ENDPOINTS; i++) {
+        const struct bp_endpoint *ep = &e->eps[i];
+        if (ep->open != 1)
+            continue;
+        if ((ep->ip >> 28) == 0xe && n < PKT_MAX_GROUPS * 2)
+            all[n++] = ep->ip;
+        for (int g = 0; g < ep->ngroups && n < PKT_MAX_GROUPS * 2; g++)
+            all[n++] = ep->groups[g];
+    }
+    if ((ip >> 28) == 0xe && n < PKT_MAX_GROUPS * 2)
+        all[n++] = ip;
+    for (int g = 0; g < ngroups && n < PKT_MAX_GROUPS * 2; g++)
+        all[n++] = groups[g];
+    int distinct = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = all[j] == all[i];
+        distinct += !seen;
+    }
+    return distinct;
+}
+
+int bp_open(struct bp_engine *e, uint32_t ip, uint16_t port, const uint32_t *groups,
+            int ngroups, char *error)
+{
+    int id = -1;
+    for (int i = 0; i < BP_MAX_ENDPOINTS; i++) {
+        if (overlaps(&e->eps[i], ip, port, groups, ngroups)) {
+            snprintf(error, BP_ERROR_LEN, "port %u of this address or group already has an "
+                     "endpoint on this engine", port);
+            return -1;
+        }
+        if (id < 0 && e->eps[i].open == 0)
+            id = i;
+    }
+    if (id < 0 || ngroups < 0 || ngroups > BP_EP_GROUPS ||
+        joined_after(e, groups, ngroups, ip) > PKT_MAX_GROUPS) {
+        snprintf(error, BP_ERROR_LEN, "an engine has at most %d endpoints, %d groups per "
+                 "endpoint and %d groups in all", BP_MAX_ENDPOINTS, BP_EP_GROUPS,
+                 PKT_MAX_GROUPS);
+        return -1;
+    }
+    struct bp_endpoint *ep = &e->eps[id];
+    ep->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ep->efd < 0 || spsc_init(&ep->rx, e->cfg.ring_slots, e->cfg.slot_size)) {
+        snprintf(error, BP_ERROR_LEN, "cannot allocate an endpoint's ring: %s", strerror(errno));
+        if (ep->efd >= 0)
+            close(ep->efd);
+        ep->efd = -1;
+        return -1;
+    }
+    atomic_init(&ep->armed, 0);
+    ep->ip = ip;
+    ep->port = port;
+    ep->ngroups = (uint16_t)ngroups;
+    memcpy(ep->groups, groups, sizeof *groups * (size_t)ngroups);
+    ep->open = 1;
+    if (control(e, BP_CTL_ADD, id)) {
+        snprintf(error, BP_ERROR_LEN, "the engine thread did not take the endpoint within 2 s");
+        ep->open = 2;  /* it may still: keep the ring and the slot until the engine stops */
+        return -1;
+    }
+    return id;
+}
+
+static void free_endpoint(struct bp_endpoint *ep)
+{
+    spsc_free(&ep->rx);
+    if (ep->efd >= 0)
+        close(ep->efd);
+    ep->efd = -1;
+    ep->open = 0;
+}
+
+void bp_close(struct bp_engine *e, int id)
+{
+    if (id < 0 || id >= BP_MAX_ENDPOINTS || e->eps[id].open != 1)
+        return;
+    e->eps[id].open = 2;
+    if (control(e, BP_CTL_REMOVE, id) == 0)
+        free_endpoint(&e->eps[id]);
+    /* else the engine may still write into the ring: slot and ring go with the engine */
 }
 
 /* -- the loop's side -- */
 
-int bp_recv(struct bp_engine *e, uint8_t *buf, uint32_t slot, int max, int32_t *lens,
+int bp_recv(struct bp_engine *e, int id, uint8_t *buf, uint32_t slot, int max, int32_t *lens,
             uint32_t *ips, uint16_t *ports, int64_t *stamps)
 {
-    uint32_t n = spsc_ready(&e->rx);
+    struct spsc *rx = &e->eps[id].rx;
+    uint32_t n = spsc_ready(rx);
     if (n > (uint32_t)max)
         n = (uint32_t)max;
     for (uint32_t i = 0; i < n; i++) {
-        struct spsc_slot *s = spsc_peek(&e->rx, i);
+        struct spsc_slot *s = spsc_peek(rx, i);
         ips[i] = s->ip;
         ports[i] = s->port;
         stamps[i] = s->ns;
@@ -141,21 +339,28 @@ int bp_recv(struct bp_engine *e, uint8_t *buf, uint32_t slot, int max, int32_t *
         lens[i] = (int32_t)s->len;
         memcpy(buf + (size_t)i * slot, s->data, s->len);
     }
-    spsc_release(&e->rx, n);
+    if (n)
+        spsc_release(rx, n);
     return (int)n;
 }
 
-int bp_arm(struct bp_engine *e)
+int bp_arm(struct bp_engine *e, int id)
 {
-    atomic_store(&e->rx_armed, 1);
+    struct bp_endpoint *ep = &e->eps[id];
+    atomic_store(&ep->armed, 1);
     atomic_thread_fence(memory_order_seq_cst);  /* pairs with bp_rx_done's fence */
-    if (spsc_empty(&e->rx))
+    if (spsc_empty(&ep->rx))
         return 0;
-    atomic_store(&e->rx_armed, 0);
+    atomic_store(&ep->armed, 0);
     return 1;
 }
 
-int bp_eventfd(struct bp_engine *e) { return e->rx_efd; }
+int bp_eventfd(struct bp_engine *e, int id) { return e->eps[id].efd; }
+
+void bp_read_ep_stats(struct bp_engine *e, int id, struct bp_ep_stats *out)
+{
+    *out = e->eps[id].st;
+}
 
 int bp_max_payload(struct bp_engine *e)
 {
@@ -194,7 +399,6 @@ int bp_send(struct bp_engine *e, uint32_t ip, uint16_t port, uint16_t src_port,
 void bp_read_stats(struct bp_engine *e, struct bp_stats *out)
 {
     *out = e->st;
-    out->rx_udp = e->pkt.rx_udp;
     out->arp_replies = e->pkt.arp_replies;
     out->arp_learned = e->pkt.arp_learned;
     memcpy(out->drops, e->pkt.drops, sizeof out->drops);
@@ -366,6 +570,7 @@ static void *engine_main(void *arg)
         return NULL;
     uint32_t idle = 0;
     while (!atomic_load_explicit(&e->stop, memory_order_relaxed)) {
+        serve_control(e);
         e->st.polls++;
         if (e->ops->poll(e)) {
             idle = 0;
@@ -377,7 +582,7 @@ static void *engine_main(void *arg)
         }
         atomic_store(&e->tx_armed, 1);
         atomic_thread_fence(memory_order_seq_cst);
-        if (spsc_empty(&e->tx) && !atomic_load(&e->stop))
+        if (spsc_empty(&e->tx) && !atomic_load(&e->stop) && !atomic_load(&e->ctl_op))
             e->ops->wait(e, IDLE_WAIT_US);
         atomic_store(&e->tx_armed, 0);
         uint64_t n;
@@ -421,12 +626,12 @@ static int call_in_netns(struct bp_engine *e, int (*fn)(struct bp_engine *),
 
 static void free_engine(struct bp_engine *e)
 {
-    spsc_free(&e->rx);
+    for (int i = 0; i < BP_MAX_ENDPOINTS; i++)
+        free_endpoint(&e->eps[i]);
     spsc_free(&e->tx);
     free(e->pend_buf);
-    for (int *fd = &e->rx_efd; fd <= &e->tx_efd; fd++)
-        if (*fd >= 0)
-            close(*fd);
+    if (e->tx_efd >= 0)
+        close(e->tx_efd);
     if (e->setup_done_efd >= 0)
         close(e->setup_done_efd);
     free(e);
@@ -447,12 +652,12 @@ struct bp_engine *bp_start(int kind, const struct bp_config *cfg, char *error)
     }
     e->cfg = *cfg;
     e->ops = ops;
-    e->rx_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    for (int i = 0; i < BP_MAX_ENDPOINTS; i++)
+        e->eps[i].efd = -1;
     e->tx_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->setup_done_efd = eventfd(0, EFD_CLOEXEC);
     e->pend_buf = malloc((size_t)BP_PEND_MAX * cfg->slot_size);
-    if (e->rx_efd < 0 || e->tx_efd < 0 || e->setup_done_efd < 0 || !e->pend_buf ||
-        spsc_init(&e->rx, cfg->ring_slots, cfg->slot_size) ||
+    if (e->tx_efd < 0 || e->setup_done_efd < 0 || !e->pend_buf ||
         spsc_init(&e->tx, cfg->ring_slots, cfg->slot_size)) {
         snprintf(error, BP_ERROR_LEN, "cannot allocate the engine's rings: %s", strerror(errno));
         free_engine(e);

@@ -1,10 +1,13 @@
 /* Kernel-bypass UDP engines (AF_XDP, DPDK) behind one API for the asyncio side.
  *
- * An engine owns one NIC queue. Its thread (pinned to cfg.core) polls RX in bursts,
- * parses and filters in C (pkt.h), and pushes datagrams into an SPSC ring that the
- * loop drains with bp_recv; bp_send pushes into a second ring that the engine turns
- * into frames (ARP resolved, checksums built). The loop learns of new datagrams from
- * an eventfd (bp_arm, then wait for bp_eventfd) or by polling bp_recv.
+ * An engine owns one NIC queue and one IPv4 address. Its thread (pinned to cfg.core)
+ * polls RX in bursts, parses and filters in C (pkt.h), and routes each datagram by
+ * (destination address, port) to one of its endpoints (bp_open: an A line on one group,
+ * a B line on another, a request socket on the unicast address, ...), each with an
+ * SPSC ring that the loop drains with bp_recv. bp_send pushes into the engine's TX
+ * ring (one producer: every endpoint of an engine is used from one thread, the loop's),
+ * which the engine turns into frames (ARP resolved, checksums built). The loop learns
+ * of new datagrams from an endpoint's eventfd (bp_arm, then wait) or by polling bp_recv.
  * With cfg.threaded = 0 there is no engine thread: the caller runs bp_poll itself
  * (run-to-completion on the loop's core, for machines with too few cores).
  */
@@ -20,6 +23,8 @@ enum {
     BP_XDP_NATIVE = 2,
     BP_KIND_XSK = 1,
     BP_KIND_DPDK = 2,
+    BP_MAX_ENDPOINTS = 16,
+    BP_EP_GROUPS = 8,   /* groups per endpoint (the engine joins at most 32 in all) */
 };
 
 struct bp_config {
@@ -33,9 +38,6 @@ struct bp_config {
     uint8_t mac[6];        /* all zero: the interface's MAC */
     uint16_t vlan;
     uint32_t ip;           /* host order */
-    uint16_t port;         /* 0: any */
-    uint16_t ngroups;
-    uint32_t groups[32];
     uint32_t narp;
     uint32_t arp_ip[16];
     uint8_t arp_mac[16][6];
@@ -59,6 +61,11 @@ struct bp_stats {
     int64_t start_retries;      /* EBUSY retries while creating the XSK */
 };
 
+/* One endpoint's share: what its ring received, lost to overflow or to its size. */
+struct bp_ep_stats {
+    uint64_t rx_udp, rx_ring_full, rx_truncated, wakeups;
+};
+
 struct bp_engine;
 
 void bp_config_init(struct bp_config *cfg);
@@ -69,17 +76,25 @@ void bp_stop(struct bp_engine *e);
 /* One RX + TX round on the calling thread (cfg.threaded = 0); returns frames moved. */
 int bp_poll(struct bp_engine *e);
 
-/* Up to max datagrams into slots of `slot` bytes of buf; per datagram its length
- * (-1: longer than the slot, dropped and counted), peer address and receive time. */
-int bp_recv(struct bp_engine *e, uint8_t *buf, uint32_t slot, int max, int32_t *lens,
+/* Open an endpoint for UDP to ip:port or group:port for each of groups (host order);
+ * its id, or -1 with error (address taken, too many endpoints or groups, no memory). */
+int bp_open(struct bp_engine *e, uint32_t ip, uint16_t port, const uint32_t *groups,
+            int ngroups, char *error);
+/* Stop routing to endpoint ep (the engine acknowledges first), free its ring. */
+void bp_close(struct bp_engine *e, int ep);
+
+/* Up to max datagrams of endpoint ep into slots of `slot` bytes of buf; per datagram its
+ * length (-1: longer than the slot, dropped and counted), peer address and receive time. */
+int bp_recv(struct bp_engine *e, int ep, uint8_t *buf, uint32_t slot, int max, int32_t *lens,
             uint32_t *ips, uint16_t *ports, int64_t *stamps);
 /* Queue one datagram to ip:port from src_port; 0, -EMSGSIZE or -ENOBUFS (ring full). */
 int bp_send(struct bp_engine *e, uint32_t ip, uint16_t port, uint16_t src_port,
             const uint8_t *data, uint32_t len);
-/* Ask for an eventfd wake-up on the next datagram; 1 when one is already waiting. */
-int bp_arm(struct bp_engine *e);
-int bp_eventfd(struct bp_engine *e);   /* readable after bp_arm when datagrams arrived */
+/* Ask for an eventfd wake-up on ep's next datagram; 1 when one is already waiting. */
+int bp_arm(struct bp_engine *e, int ep);
+int bp_eventfd(struct bp_engine *e, int ep);  /* readable after bp_arm when datagrams came */
 void bp_read_stats(struct bp_engine *e, struct bp_stats *out);
+void bp_read_ep_stats(struct bp_engine *e, int ep, struct bp_ep_stats *out);
 void bp_local(struct bp_engine *e, uint8_t *mac, uint32_t *ip);
 int bp_max_payload(struct bp_engine *e);
 

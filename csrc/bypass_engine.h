@@ -29,15 +29,36 @@ struct bp_pending {
     uint8_t *data;
 };
 
+/* An endpoint: its address filter and its ring to the loop. The loop fills a free slot,
+ * then asks the engine to route to it (ctl_op), so only the engine thread reads the
+ * filter and the routing list while it runs. */
+struct bp_endpoint {
+    struct spsc rx;                  /* engine -> loop */
+    _Alignas(SPSC_LINE) _Atomic int armed;  /* the loop waits on efd */
+    int efd;
+    uint32_t ip;                     /* bound address: the engine's own, or a group */
+    uint16_t port, ngroups;
+    uint32_t groups[BP_EP_GROUPS];
+    int open;                        /* the loop's: 0 free, 1 open, 2 unusable until stop */
+    struct bp_ep_stats st;
+};
+
+enum { BP_CTL_NONE, BP_CTL_ADD, BP_CTL_REMOVE };
+
 struct bp_engine {
     struct bp_config cfg;
     const struct bp_ops *ops;
     void *drv;                       /* the driver's state */
     uint32_t frame_size;             /* set by setup: the largest frame TX can build */
     struct pkt_ctx pkt;
-    struct spsc rx, tx;              /* engine -> loop, loop -> engine */
-    int rx_efd, tx_efd;
-    _Alignas(SPSC_LINE) _Atomic int rx_armed;  /* the loop waits on rx_efd */
+    struct spsc tx;                  /* loop -> engine */
+    int tx_efd;
+    struct bp_endpoint eps[BP_MAX_ENDPOINTS];
+    int routes[BP_MAX_ENDPOINTS], nroutes;  /* engine thread: the endpoints it routes to */
+    uint32_t routed;                 /* engine thread: the same as a bit set */
+    uint32_t touched;                /* engine thread: endpoints written in this burst */
+    _Alignas(SPSC_LINE) _Atomic int ctl_op;  /* BP_CTL_*: set by the loop, cleared when done */
+    int ctl_ep;
     _Alignas(SPSC_LINE) _Atomic int tx_armed;  /* the engine sleeps: write tx_efd */
     _Atomic int stop;
     pthread_t thread;

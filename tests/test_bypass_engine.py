@@ -47,7 +47,7 @@ def hosts():
 def dpdk_eal(hosts):
     """DPDK's EAL is initialised once per process and keeps its fds (an interrupt pipe,
     epoll, timerfd, the memory memfd) for good: make it exist before any fd count."""
-    Engine("dpdk", config(hosts), ENGINE_IP, PORT).stop()
+    Engine("dpdk", config(hosts), ENGINE_IP).stop()
 
 
 def config(hosts, **options):
@@ -266,8 +266,10 @@ def test_fifty_starts_and_stops_leak_nothing(hosts, kind):
 
     def cycle(n):
         for _ in range(n):
-            engine = Engine(kind, cfg, ENGINE_IP, PORT)
+            engine = Engine(kind, cfg, ENGINE_IP)
             assert kind != "af_xdp" or xdp_attached(hosts)
+            engine.close_endpoint(engine.open(ENGINE_IP, PORT))
+            engine.open(GROUP, PORT + 1, [GROUP])  # stop frees what is still open
             engine.stop()
             assert not xdp_attached(hosts)
 
@@ -284,7 +286,7 @@ def test_a_program_left_by_a_killed_process_is_cleared(hosts):
     code = ("import sys, time; sys.path.insert(0, 'tests');"
             "from aiolowlat.transports._engine import Engine, EngineConfig;"
             f"e = Engine('af_xdp', EngineConfig(interface={hosts.dev_a!r}, netns={hosts.a!r}),"
-            f" {ENGINE_IP!r}, {PORT}); print('up', flush=True); time.sleep(30)")
+            f" {ENGINE_IP!r}); print('up', flush=True); time.sleep(30)")
     with subprocess.Popen(["python", "-c", code], stdout=subprocess.PIPE, text=True,
                           executable=sys.executable) as child:
         try:
@@ -292,7 +294,7 @@ def test_a_program_left_by_a_killed_process_is_cleared(hosts):
         finally:
             child.kill()
     assert xdp_attached(hosts)  # SIGKILL: nobody detached it
-    engine = Engine("af_xdp", config(hosts), ENGINE_IP, PORT)
+    engine = Engine("af_xdp", config(hosts), ENGINE_IP)
     try:
         assert engine.stats()["stale_xdp_cleared"] == 1
     finally:
@@ -372,7 +374,7 @@ def test_feed_handler_builds_the_same_books_over_each_transport(loop, hosts, tra
 
 def test_dpdk_eal_arguments_cannot_change_after_the_first_engine(hosts):
     with pytest.raises(TransportUnavailableError, match="cannot be initialised again"):
-        Engine("dpdk", config(hosts, eal_args="--no-huge --no-pci -m 128"), ENGINE_IP, PORT)
+        Engine("dpdk", config(hosts, eal_args="--no-huge --no-pci -m 128"), ENGINE_IP)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,15 +1,19 @@
 """What the af_xdp and dpdk transports share: engine config, start/stop, the datagram transport.
 
 An engine (csrc/bypass_core.c) owns one NIC queue on a thread of its own, parses and
-filters UDP/IPv4 in C and exchanges datagrams with the loop through two SPSC rings.
-The loop learns of datagrams from the engine's eventfd (add_reader: any loop) or, with
-``EngineConfig(poll=True)``, by draining the ring on every loop iteration.
+filters UDP/IPv4 in C and routes each datagram by (address, port) to one of its
+endpoints' SPSC rings; one TX ring carries what they send. Every endpoint opened on
+the same (transport, interface, namespace, queue) shares that engine, as sockets share
+a NIC: the A and B lines of a feed and its request socket run on one engine and one core.
+The loop learns of datagrams from an endpoint's eventfd (add_reader: any loop) or, with
+``EngineConfig(poll=True)``, by draining the rings on every loop iteration.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import os
 from asyncio import transports
@@ -72,13 +76,13 @@ def _mac(text: str) -> bytes:
     return raw
 
 
-def _c_config(cfg: EngineConfig, local_ip: str, port: int, groups):
+def _c_config(cfg: EngineConfig, local_ip: str):
     c = ffi.new("struct bp_config *")
     lib.bp_config_init(c)
     c.ifname = cfg.interface.encode()
     if cfg.netns:
         c.netns = (cfg.netns if "/" in cfg.netns else f"/run/netns/{cfg.netns}").encode()
-    c.queue, c.vlan, c.ip, c.port = cfg.queue, cfg.vlan, _ip(local_ip), port
+    c.queue, c.vlan, c.ip = cfg.queue, cfg.vlan, _ip(local_ip)
     c.core = -1 if cfg.core is None else cfg.core
     c.fifo_priority, c.busy_poll, c.threaded = cfg.fifo_priority, cfg.busy_poll, cfg.threaded
     c.ring_slots, c.slot_size = cfg.ring_slots, cfg.slot_size
@@ -86,14 +90,8 @@ def _c_config(cfg: EngineConfig, local_ip: str, port: int, groups):
     c.verify_udp_checksum = cfg.verify_udp_checksum
     if cfg.local_mac:
         c.mac = _mac(cfg.local_mac)
-    if len(groups) > len(c.groups) or len(cfg.static_arp) > lib.BP_MAX_STATIC_ARP:
-        raise ValueError(f"at most {len(c.groups)} groups and {lib.BP_MAX_STATIC_ARP} "
-                         "static ARP entries per engine")
-    c.ngroups = len(groups)
-    for i, group in enumerate(groups):
-        if not ipaddress.IPv4Address(group).is_multicast:
-            raise ValueError(f"not an IPv4 multicast group: {group}")
-        c.groups[i] = _ip(group)
+    if len(cfg.static_arp) > lib.BP_MAX_STATIC_ARP:
+        raise ValueError(f"at most {lib.BP_MAX_STATIC_ARP} static ARP entries per engine")
     c.narp = len(cfg.static_arp)
     for i, (ip, mac) in enumerate(cfg.static_arp.items()):
         c.arp_ip[i], c.arp_mac[i] = _ip(ip), _mac(mac)
@@ -102,9 +100,10 @@ def _c_config(cfg: EngineConfig, local_ip: str, port: int, groups):
 
 
 class Engine:
-    """A started engine: stats, local address, stop. Start blocks until the queue is ours."""
+    """A started engine: endpoints, stats, local address, stop. Start blocks until the
+    queue is ours."""
 
-    def __init__(self, kind: str, cfg: EngineConfig, local_ip: str, port: int, groups=()):
+    def __init__(self, kind: str, cfg: EngineConfig, local_ip: str):
         self._handle = None
         if lib is None:
             raise TransportUnavailableError(
@@ -118,24 +117,49 @@ class Engine:
         if not cfg.threaded and not cfg.poll:
             raise ValueError("threaded=False needs poll=True: the loop then runs the engine")
         self.kind, self.config = kind, cfg
-        self._c_config = _c_config(cfg, local_ip, port, groups)
-        error = ffi.new(f"char[{lib.BP_ERROR_LEN}]")
+        self._c_config = _c_config(cfg, local_ip)
+        self._error = ffi.new(f"char[{lib.BP_ERROR_LEN}]")
         engine_kind = lib.BP_KIND_XSK if kind == "af_xdp" else lib.BP_KIND_DPDK
-        handle = lib.bp_start(engine_kind, self._c_config, error)
+        handle = lib.bp_start(engine_kind, self._c_config, self._error)
         if handle == ffi.NULL:
             raise TransportUnavailableError(
-                f"{kind} engine on {cfg.interface}: {ffi.string(error).decode()}")
+                f"{kind} engine on {cfg.interface}: {ffi.string(self._error).decode()}")
         self._handle = handle
         self._stats = ffi.new("struct bp_stats *")
+        self._ep_stats = ffi.new("struct bp_ep_stats *")
         mac, ip = ffi.new("uint8_t[6]"), ffi.new("uint32_t *")
         lib.bp_local(handle, mac, ip)
         self.mac = bytes(ffi.buffer(mac)).hex(":")
-        self.local_ip, self.port = str(ipaddress.IPv4Address(ip[0])), port
+        self.local_ip = str(ipaddress.IPv4Address(ip[0]))
         self.max_payload = lib.bp_max_payload(handle)
+        self.endpoints: set[int] = set()
+        self._poller = _Poller(self)
 
     @property
     def running(self) -> bool:
         return self._handle is not None
+
+    def open(self, address: str, port: int, groups=()) -> int:
+        """Route UDP to address:port (and to each group on port) to a new endpoint; its id."""
+        if self._handle is None:
+            raise RuntimeError("the engine is stopped")
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not a fixed UDP port")
+        for group in groups:
+            if not ipaddress.IPv4Address(group).is_multicast:
+                raise ValueError(f"not an IPv4 multicast group: {group}")
+        packed = [_ip(g) for g in groups]
+        ep = lib.bp_open(self._handle, _ip(address), port, packed, len(packed), self._error)
+        if ep < 0:
+            raise OSError(errno.EADDRINUSE if "already" in ffi.string(self._error).decode()
+                          else errno.ENOSPC, ffi.string(self._error).decode())
+        self.endpoints.add(ep)
+        return ep
+
+    def close_endpoint(self, ep: int) -> None:
+        if self._handle is not None and ep in self.endpoints:
+            self.endpoints.discard(ep)
+            lib.bp_close(self._handle, ep)
 
     def stats(self) -> dict:
         """Counters: rx/tx frames, ring overflows, ARP, and drops by reason."""
@@ -149,23 +173,84 @@ class Engine:
         out["drops"] = dict(zip(reasons, s.drops, strict=True))
         return out
 
+    def endpoint_stats(self, ep: int) -> dict:
+        """One endpoint's counters: datagrams routed to it, ring overflows, oversize."""
+        if self._handle is None or ep not in self.endpoints:
+            return {}
+        lib.bp_read_ep_stats(self._handle, ep, self._ep_stats)
+        return {name: getattr(self._ep_stats, name) for name in dir(self._ep_stats)}
+
     def stop(self) -> None:
         """Stop the thread; release the queue, XDP program or DPDK port, and memory."""
         handle, self._handle = self._handle, None
         if handle is not None:
+            self._poller.cancel()
+            self.endpoints.clear()
+            for key, engine in list(_SHARED.items()):
+                if engine is self:
+                    del _SHARED[key]
             lib.bp_stop(handle)
 
     def __del__(self):
         self.stop()  # an engine must not outlive its owner: it holds a NIC queue
 
 
-class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
-    """asyncio's DatagramTransport on a bypass engine: the same interface as 'kernel'."""
+class _Poller:
+    """Busy-poll mode: one callback per loop iteration for all of an engine's endpoints,
+    which runs the engine first when it has no thread of its own (threaded=False)."""
 
-    def __init__(self, loop, engine: Engine, protocol, extra=None):
+    def __init__(self, engine: Engine):
+        self._engine, self._transports, self._handle = engine, [], None
+
+    def add(self, transport) -> None:
+        self._transports.append(transport)
+        if self._handle is None:
+            self._handle = transport._loop.call_soon(self._run)
+
+    def remove(self, transport) -> None:
+        if transport in self._transports:
+            self._transports.remove(transport)
+        if not self._transports:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self):
+        engine, transports = self._engine, self._transports
+        if not transports or engine._handle is None:
+            self._handle = None
+            return
+        loop = transports[0]._loop
+        if engine.config.threaded:
+            for transport in transports:
+                transport._drain()
+        else:
+            h = engine._handle
+            lib.bp_poll(h)
+            moved = 0
+            for transport in transports[:]:
+                moved += transport._drain()
+            if moved and engine._handle is not None:
+                lib.bp_poll(h)  # answers sent from the callbacks leave now, not next iteration
+        if self._transports and engine._handle is not None:
+            self._handle = loop.call_soon(self._run)
+        else:
+            self._handle = None
+
+
+class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
+    """asyncio's DatagramTransport on one endpoint of a bypass engine: the same interface
+    as 'kernel'. remote_addr: the default destination of sendto(data), as when connected."""
+
+    def __init__(self, loop, engine: Engine, ep: int, protocol, port: int, remote_addr=None,
+                 extra=None):
         super().__init__(extra, loop)
-        self._engine, self._h = engine, engine._handle
-        self._extra.update(sockname=(engine.local_ip, engine.port), peername=None,
+        self._engine, self._h, self._ep, self._port = engine, engine._handle, ep, port
+        self._remote = (str(remote_addr[0]), int(remote_addr[1])) if remote_addr else None
+        self._extra.update(sockname=(engine.local_ip, port), peername=self._remote,
                            engine=engine, interface=engine.config.interface, mac=engine.mac,
                            timestamps=True)
         self._slot = engine.max_payload
@@ -177,9 +262,8 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         self._stamps = ffi.new(f"int64_t[{_BATCH}]")
         self._peers = {}  # (ip, port) -> ("a.b.c.d", port)
         self._packed = {}  # address -> (ip, port) for sendto
-        self._efd = lib.bp_eventfd(self._h)
-        self._poll_mode, self._inline = engine.config.poll, not engine.config.threaded
-        self._poll_handle = None
+        self._efd = lib.bp_eventfd(self._h, ep)
+        self._poll_mode = engine.config.poll
         self._closing = self._reading = self._lost = False
         self.set_protocol(protocol)
         loop.call_soon(protocol.connection_made, self)
@@ -193,7 +277,8 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         return self._protocol
 
     def stats(self) -> dict:
-        return self._engine.stats()
+        """The engine's counters, with this endpoint's own under "endpoint"."""
+        return {**self._engine.stats(), "endpoint": self._engine.endpoint_stats(self._ep)}
 
     # -- reading --
 
@@ -205,9 +290,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             return
         self._reading = False
         if self._poll_mode:
-            if self._poll_handle is not None:
-                self._poll_handle.cancel()
-                self._poll_handle = None
+            self._engine._poller.remove(self)
         else:
             self._loop.remove_reader(self._efd)
 
@@ -216,21 +299,10 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             return
         self._reading = True
         if self._poll_mode:
-            self._poll_handle = self._loop.call_soon(self._poll)
+            self._engine._poller.add(self)
         else:
             self._loop.add_reader(self._efd, self._wake)
             self._rearm()
-
-    def _poll(self):
-        """Busy-poll mode: drain on every loop iteration (the loop never sleeps)."""
-        if self._inline:
-            lib.bp_poll(self._h)
-            if self._drain():  # answers sent from the callbacks leave now, not next iteration
-                lib.bp_poll(self._h)
-        else:
-            self._drain()
-        if self._reading:
-            self._poll_handle = self._loop.call_soon(self._poll)
 
     def _wake(self):
         try:
@@ -243,7 +315,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
 
     def _rearm(self):
         # Arm, and drain once more if a datagram slipped in before the arm was seen.
-        while self._reading and lib.bp_arm(self._h):
+        while self._reading and lib.bp_arm(self._h, self._ep):
             if not self._drain():
                 break
 
@@ -251,7 +323,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         batch = []
         total = 0
         for _ in range(_ROUNDS):
-            n = lib.bp_recv(self._h, self._buf, self._slot, _BATCH, self._lens, self._ips,
+            n = lib.bp_recv(self._h, self._ep, self._buf, self._slot, _BATCH, self._lens, self._ips,
                             self._ports, self._stamps)
             total += n
             self._collect(n, batch)
@@ -284,13 +356,15 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
 
     def sendto(self, data, addr=None):
         if addr is None:
-            raise ValueError("a bypass transport is not connected: sendto needs addr")
+            addr = self._remote
+            if addr is None:
+                raise ValueError("this endpoint has no remote_addr: sendto needs addr")
         if self._closing:
             return
         packed = self._packed.get(addr)
         if packed is None:
             packed = self._packed[addr] = (_ip(addr[0]), int(addr[1]))
-        rc = lib.bp_send(self._h, packed[0], packed[1], self._engine.port, data, len(data))
+        rc = lib.bp_send(self._h, packed[0], packed[1], self._port, data, len(data))
         if rc < 0:  # -EMSGSIZE, or -ENOBUFS: the engine's TX ring is full (counted)
             self._protocol.error_received(OSError(-rc, os.strerror(-rc)))
 
@@ -317,39 +391,80 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         try:
             self._protocol.connection_lost(None)
         finally:
-            self._engine.stop()
+            _release(self._engine, self._ep)
 
 
-def _local_address(kind, local_addr, groups, cfg: EngineConfig):
+# Engines shared by the endpoints of one (kind, interface, netns, queue), as a NIC queue is.
+_SHARED: dict[tuple, Engine] = {}
+
+
+def _release(engine: Engine, ep: int) -> None:
+    """Close an endpoint; the engine stops with its last one."""
+    engine.close_endpoint(ep)
+    if not engine.endpoints:
+        engine.stop()
+
+
+def _endpoint_address(kind, local_addr, groups, cfg: EngineConfig):
+    """(engine IP, bound address, port, groups) for local_addr on an engine."""
     if not local_addr or not local_addr[1]:
         raise ValueError(f"transport {kind!r} needs local_addr with a fixed port (no ephemeral "
                          "ports without a kernel stack)")
     host, port = local_addr[0], int(local_addr[1])
     if ipaddress.IPv4Address(host).is_multicast:
         groups = tuple(dict.fromkeys((*groups, host)))
-        host = cfg.local_ip
-        if not host:
+        if not cfg.local_ip:
             raise ValueError(f"transport {kind!r} with a multicast local_addr needs "
                              "EngineConfig(local_ip=...): the engine's own address, for ARP")
-    elif cfg.local_ip and cfg.local_ip != host:
+        return cfg.local_ip, host, port, groups
+    if cfg.local_ip and cfg.local_ip != host:
         raise ValueError(f"local_addr {host} and EngineConfig.local_ip {cfg.local_ip} differ")
-    return host, port, groups
+    return host, host, port, groups
+
+
+async def _shared_engine(kind, cfg: EngineConfig, local_ip: str) -> Engine:
+    key = (kind, cfg.interface, cfg.netns, cfg.queue)
+    engine = _SHARED.get(key)
+    if engine is not None and engine.running:
+        if dataclasses.replace(engine.config, local_ip=None) != \
+                dataclasses.replace(cfg, local_ip=None):
+            raise ValueError(f"{kind} engine on {cfg.interface} queue {cfg.queue} already runs "
+                             f"with other options ({engine.config}): its endpoints share it, "
+                             "so give them the same EngineConfig")
+        if engine.local_ip != local_ip:
+            raise ValueError(f"{kind} engine on {cfg.interface} queue {cfg.queue} has the "
+                             f"address {engine.local_ip}, not {local_ip}")
+        return engine
+    loop = asyncio.get_running_loop()
+    engine = await loop.run_in_executor(None, Engine, kind, cfg, local_ip)
+    other = _SHARED.get(key)
+    if other is not None and other.running:  # another task started one meanwhile
+        engine.stop()
+        return other
+    _SHARED[key] = engine
+    return engine
 
 
 async def open_endpoint(kind, protocol_factory, *, local_addr, groups=(), interface=None,
-                        engine: EngineConfig | dict | None = None):
-    """Start a ``kind`` engine ("af_xdp" | "dpdk") and return (transport, protocol)."""
+                        remote_addr=None, engine: EngineConfig | dict | None = None):
+    """Open an endpoint on the ``kind`` engine ("af_xdp" | "dpdk") of the configured queue
+    (started with the first endpoint, stopped with the last); returns (transport, protocol)."""
     cfg = engine if isinstance(engine, EngineConfig) else EngineConfig(**(engine or {}))
     if interface and not cfg.interface:
         cfg = dataclasses.replace(cfg, interface=interface)
-    host, port, groups = _local_address(kind, local_addr, tuple(groups), cfg)
-    loop = asyncio.get_running_loop()
-    started = await loop.run_in_executor(None, Engine, kind, cfg, host, port, groups)
+    local_ip, address, port, groups = _endpoint_address(kind, local_addr, tuple(groups), cfg)
+    started = await _shared_engine(kind, cfg, local_ip)
+    ep = None
     try:
+        ep = started.open(address, port, groups)
         protocol = protocol_factory()
-        transport = EngineDatagramTransport(loop, started, protocol)
+        transport = EngineDatagramTransport(asyncio.get_running_loop(), started, ep, protocol,
+                                            port, remote_addr)
     except BaseException:
-        started.stop()
+        if ep is None and not started.endpoints:
+            started.stop()
+        elif ep is not None:
+            _release(started, ep)
         raise
     await asyncio.sleep(0)  # connection_made runs before the caller sees the endpoint
     return transport, protocol
