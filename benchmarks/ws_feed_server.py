@@ -121,8 +121,11 @@ def serve(core: int, certfile: str | None, keyfile: str | None, pipe) -> None:
     while True:
         raw, _ = lsock.accept()
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        raw.settimeout(30)  # a stuck client cannot hold the server for good
+        raw.settimeout(10)  # a stuck client cannot hold the server for good
+        conn = raw
         try:
+            # wrap_socket detaches raw: from here on only conn.close() ends the connection,
+            # and a client waiting for TCP close after the close handshake needs it now.
             conn = ctx.wrap_socket(raw, server_side=True) if ctx else raw
             target = urllib.parse.urlsplit(handshake(conn))
             if target.path == "/feed":
@@ -131,4 +134,5 @@ def serve(core: int, certfile: str | None, keyfile: str | None, pipe) -> None:
         except (OSError, ValueError, KeyError):
             pass  # this connection only
         finally:
+            conn.close()
             raw.close()
