@@ -7,19 +7,27 @@ b is an ordinary kernel socket. The peer's veth computes UDP checksums in softwa
 """
 
 import asyncio
+import concurrent.futures
 import errno
 import gc
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from conftest import run
 from netns import VethPair, in_netns, ip
 from test_bypass_pkt import udp_frame
-from test_itch_feed_handler import new_handler, reference_snapshot
+from test_itch_feed_handler import (
+    ONE_PERCENT,
+    SEED,
+    lost_on_both_lines,
+    new_handler,
+    reference_snapshot,
+)
 
 import aiolowlat
 from aiolowlat.sim import ItchFeed
@@ -27,6 +35,7 @@ from aiolowlat.sim.itch_publisher import ItchPublisher
 from aiolowlat.transports import (
     EngineConfig,
     TransportUnavailableError,
+    _engine,
     open_datagram_endpoint,
     open_udp_socket,
 )
@@ -255,6 +264,56 @@ def test_malformed_and_foreign_frames_are_counted_and_dropped(loop, hosts, kind)
     run(loop, main())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
+    """Two endpoints on one engine and queue: each gets its own port's datagrams and
+    answers from it; another port is a counted drop; the engine stops with the last."""
+    async def main():
+        cfg = config(hosts)
+        first, _ = await open_datagram_endpoint(Echo, transport=kind,
+                                                local_addr=(ENGINE_IP, PORT), engine=cfg)
+        second, _ = await open_datagram_endpoint(BatchEcho, transport=kind,
+                                                 local_addr=(ENGINE_IP, PORT + 1), engine=cfg)
+        engine = first.get_extra_info("engine")
+        assert second.get_extra_info("engine") is engine
+        with pytest.raises(OSError) as taken:
+            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT),
+                                         engine=cfg)
+        assert taken.value.errno == errno.EADDRINUSE
+        with pytest.raises(ValueError, match="other options"):
+            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT + 2),
+                                         engine=config(hosts, ring_slots=1024))
+        peer_tr, peer = await open_peer(hosts, 4)
+        try:
+            port_drops = engine.stats()["drops"]["port"]
+            for i in range(2):
+                peer_tr.sendto(b"one %d" % i, (ENGINE_IP, PORT))
+                peer_tr.sendto(b"two %d" % i, (ENGINE_IP, PORT + 1))
+                peer_tr.sendto(b"nobody", (ENGINE_IP, PORT + 2))
+            await asyncio.wait_for(peer.done.wait(), 5)
+            assert engine.stats()["drops"]["port"] - port_drops == 2
+            assert first.stats()["endpoint"]["rx_udp"] == 2
+            assert second.stats()["endpoint"]["rx_udp"] == 2
+            first.close()
+            await asyncio.sleep(0.01)
+            assert engine.running and (kind != "af_xdp" or xdp_attached(hosts))
+            peer.want, peer.done = 5, asyncio.Event()
+            peer_tr.sendto(b"still", (ENGINE_IP, PORT + 1))
+            await asyncio.wait_for(peer.done.wait(), 5)
+        finally:
+            peer_tr.close()
+            first.close()
+            second.close()
+            await asyncio.sleep(0.01)
+        assert not engine.running and not xdp_attached(hosts)
+        assert sorted(peer.got) == sorted(
+            [(b"echo one %d" % i, (ENGINE_IP, PORT)) for i in range(2)]
+            + [(b"echo two %d" % i, (ENGINE_IP, PORT + 1)) for i in range(2)]
+            + [(b"echo still", (ENGINE_IP, PORT + 1))])
+
+    run(loop, main())
+
+
 def _rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
@@ -325,51 +384,105 @@ def test_missing_pieces_are_named():
 
 FEED_CASES = [("aiolowlat", "kernel"), ("aiolowlat", "af_xdp"), ("aiolowlat", "dpdk"),
               ("asyncio", "af_xdp"), ("uvloop", "dpdk")]
+LINES = {"A": ("239.7.7.1", 30011), "B": ("239.7.7.2", 30012)}
+REQUEST_PORT = 30013  # the handler's request endpoint (on the engine: ENGINE_IP)
+
+
+def _kernel_line(group, port, interface):
+    return open_udp_socket((group, port), groups=[group], interface=interface, rcvbuf=4 << 20)[0]
+
+
+def _connected_socket(server):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(server)
+    sock.setblocking(False)
+    return sock
+
+
+async def open_feed_endpoints(hosts, transport, handler, request_addr):
+    """Lines A and B and the request endpoint in namespace a, all on one engine for the
+    bypass transports; returns the transports."""
+    if transport == "kernel":
+        opened = []
+        for line, (group, port) in LINES.items():
+            sock = in_netns(hosts.a, _kernel_line, group, port, hosts.dev_a)
+            tr, _ = await open_datagram_endpoint(lambda line=line: handler.protocol(line),
+                                                 transport="kernel", sock=sock)
+            opened.append(tr)
+        sock = in_netns(hosts.a, _connected_socket, request_addr)
+        tr, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            handler.request_protocol, sock=sock)
+        return [*opened, tr]
+    cfg = config(hosts, local_ip=ENGINE_IP)
+    opened = []
+    for line, (group, port) in LINES.items():
+        tr, _ = await open_datagram_endpoint(lambda line=line: handler.protocol(line),
+                                             transport=transport, local_addr=(group, port),
+                                             groups=[group], engine=cfg)
+        opened.append(tr)
+    tr, _ = await _engine.open_endpoint(transport, handler.request_protocol,
+                                        local_addr=(ENGINE_IP, REQUEST_PORT),
+                                        remote_addr=request_addr, engine=cfg)
+    return [*opened, tr]
 
 
 @pytest.mark.parametrize("loop, transport", FEED_CASES, indirect=["loop"])
 def test_feed_handler_builds_the_same_books_over_each_transport(loop, hosts, transport):
-    feed = ItchFeed(seed=7, events=1500, heartbeat_every=20)
+    """Lines A and B from the publisher in namespace b, both lossy (seed 25 loses one
+    packet on both, so the request server across the veth must fill it), reordering and
+    duplicating: the handler ends with the lossless book on every transport."""
+    feed = ItchFeed(seed=SEED, events=3000, heartbeat_every=20)
+    handler = new_handler(feed)
+    server_ready = concurrent.futures.Future()
+    go, finished = threading.Event(), threading.Event()
 
     def publish_from_b():
-        async def go():
-            publisher = ItchPublisher(feed, {"A": (GROUP, PORT)}, rate=30_000,
-                                      interface=hosts.dev_b)
+        async def serve_and_publish():
+            publisher = ItchPublisher(feed, LINES, rate=30_000, interface=hosts.dev_b,
+                                      impairments={"A": ONE_PERCENT, "B": ONE_PERCENT},
+                                      request_addr=(hosts.addr_b, 0))
             async with publisher:
-                await publisher.publish()
-            return publisher.sent["A"]
-        return asyncio.run(go())
+                server_ready.set_result(publisher.request_address)
+                if await asyncio.to_thread(go.wait, 20):
+                    await publisher.publish()
+                    await asyncio.to_thread(finished.wait, 20)  # keep serving requests
+            return publisher
+        return asyncio.run(serve_and_publish())
 
     async def main():
-        handler = new_handler(feed)
-        if transport == "kernel":
-            sock = in_netns(hosts.a, lambda: open_udp_socket(
-                (GROUP, PORT), groups=[GROUP], interface=hosts.dev_a, rcvbuf=4 << 20)[0])
-            line, _ = await open_datagram_endpoint(lambda: handler.protocol("A"),
-                                                   transport="kernel", sock=sock)
-        else:
-            line, _ = await open_datagram_endpoint(
-                lambda: handler.protocol("A"), transport=transport, local_addr=(GROUP, PORT),
-                groups=[GROUP], engine=config(hosts, local_ip=ENGINE_IP))
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            await handler.connect_requests(probe.getsockname())  # a lossless feed: unused
-            sent = await asyncio.get_running_loop().run_in_executor(None, in_netns, hosts.b,
-                                                                    publish_from_b)
-            await asyncio.wait_for(handler.wait_end(), 10)
-        stats = line.get_extra_info("engine").stats() if transport != "kernel" else None
+        published = asyncio.get_running_loop().run_in_executor(None, in_netns, hosts.b,
+                                                               publish_from_b)
+        try:
+            request_addr = await asyncio.wait_for(asyncio.wrap_future(server_ready), 10)
+            endpoints = await open_feed_endpoints(hosts, transport, handler, request_addr)
+            go.set()
+            await asyncio.wait_for(handler.wait_end(), 20)
+            stats = [tr.get_extra_info("engine") and tr.stats() for tr in endpoints]
+        finally:
+            go.set()
+            finished.set()
+            publisher = await published
         handler.close()
-        line.close()
         await asyncio.sleep(0.01)
-        return handler, sent, stats
+        return endpoints, publisher, stats
 
-    handler, sent, stats = run(loop, main(), timeout=40)
-    assert sent > 0
-    assert handler.sequencer.delivered == len(feed.messages)
-    assert not handler.gaps
+    endpoints, publisher, stats = run(loop, main(), timeout=40)
+    assert lost_on_both_lines(publisher)  # the seed does make the server necessary
+    sequencer = handler.sequencer
+    assert sequencer.delivered == len(feed.messages)
+    assert not handler.gaps and sequencer.unrecoverable == 0
     assert handler.builder.snapshot() == reference_snapshot(feed.messages)
-    if stats is not None:
-        assert stats["rx_udp"] == sent and stats["rx_ring_full"] == 0
+    assert sequencer.retransmitted > 0 and publisher.server.answered_packets > 0
+    assert sequencer.duplicates > 0
+    for line in "AB":
+        assert sequencer.lines[line].losses >= publisher.reports[line].dropped_messages > 0
+    if transport != "kernel":
+        engines = {id(tr.get_extra_info("engine")) for tr in endpoints}
+        assert len(engines) == 1  # A, B and the requests share one engine and queue
+        line_a, line_b, requests = (s["endpoint"] for s in stats)
+        assert line_a["rx_udp"] == publisher.sent["A"] and line_b["rx_udp"] == publisher.sent["B"]
+        assert requests["rx_udp"] == publisher.server.answered_packets
+        assert stats[0]["rx_ring_full"] == 0 and stats[0]["tx_frames"] == handler.requests_sent
 
 
 def test_dpdk_eal_arguments_cannot_change_after_the_first_engine(hosts):
