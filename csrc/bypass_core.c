@@ -470,6 +470,11 @@ static int asked_recently(struct bp_engine *e, uint32_t ip, int64_t now)
     return 0;
 }
 
+int bp_tx_idle(struct bp_engine *e)
+{
+    return !e->ctrl_n && !e->pend_n && !spsc_ready(&e->tx);
+}
+
 uint32_t bp_tx_next(struct bp_engine *e, uint8_t *frame, uint32_t cap, int64_t now)
 {
     if (e->ctrl_n) {
@@ -696,6 +701,29 @@ int bp_poll(struct bp_engine *e)
 {
     e->st.polls++;
     return e->ops->poll(e);
+}
+
+static int any_ready(struct bp_engine *e)
+{
+    for (int i = 0; i < BP_MAX_ENDPOINTS; i++)
+        if (e->eps[i].open == 1 && spsc_ready(&e->eps[i].rx))
+            return 1;
+    return 0;
+}
+
+int bp_spin(struct bp_engine *e, int64_t budget_ns)
+{
+    int64_t deadline = bp_now_ns(CLOCK_MONOTONIC) + budget_ns;
+    for (uint32_t spins = 1;; spins++) {
+        if (!e->has_thread) {
+            e->st.polls++;
+            e->ops->poll(e);
+        }
+        if (any_ready(e))
+            return 1;
+        if ((spins & 31) == 0 && bp_now_ns(CLOCK_MONOTONIC) >= deadline)
+            return 0;
+    }
 }
 
 void bp_stop(struct bp_engine *e)

@@ -75,6 +75,10 @@ struct bp_engine *bp_start(int kind, const struct bp_config *cfg, char *error);
 void bp_stop(struct bp_engine *e);
 /* One RX + TX round on the calling thread (cfg.threaded = 0); returns frames moved. */
 int bp_poll(struct bp_engine *e);
+/* Busy-poll mode, between loop iterations: poll (cfg.threaded = 0) or watch the rings
+ * until a datagram waits for an endpoint (1) or budget_ns passed (0), in C: no Python
+ * call and no system call per turn. */
+int bp_spin(struct bp_engine *e, int64_t budget_ns);
 
 /* Open an endpoint for UDP to ip:port or group:port for each of groups (host order);
  * its id, or -1 with error (address taken, too many endpoints or groups, no memory). */

@@ -81,6 +81,8 @@ void bp_rx_done(struct bp_engine *e);
 /* Build the next frame to send into frame (cap bytes): ARP first, then datagrams;
  * 0 when nothing is to be sent now. */
 uint32_t bp_tx_next(struct bp_engine *e, uint8_t *frame, uint32_t cap, int64_t now_ns);
+/* Nothing to send: no ARP frame, no datagram parked or queued (checked without a clock). */
+int bp_tx_idle(struct bp_engine *e);
 int bp_fail(struct bp_engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t bp_now_ns(int clock);
 

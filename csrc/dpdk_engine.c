@@ -200,6 +200,8 @@ static int dpdk_poll(struct bp_engine *e)
         bp_rx_done(e);
     }
 
+    if (bp_tx_idle(e))  /* the common idle poll: no mbuf to allocate and free, no clock */
+        return n;
     struct rte_mbuf *out[BP_BURST];
     uint16_t m = 0;
     int64_t mono = bp_now_ns(CLOCK_MONOTONIC);

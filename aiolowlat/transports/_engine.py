@@ -29,6 +29,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 _BATCH = 64
 _ROUNDS = 16  # batches per wake-up, so one busy feed cannot starve the loop
+# Busy-poll mode spins this long in C between loop iterations (each iteration costs a
+# system call in the loop): I/O on other descriptors of the loop waits at most this.
+_SPIN_NS = 20_000
 _XDP_MODES = {"auto": 0, "skb": 1, "native": 2}
 
 
@@ -218,12 +221,27 @@ class _Poller:
             self._handle.cancel()
             self._handle = None
 
+    @staticmethod
+    def _spin_budget(loop) -> int:
+        """Nanoseconds to spin in C before the loop's next iteration: none while other
+        callbacks wait, never past the next timer."""
+        ready = getattr(loop, "_ready", None)
+        if ready is None or ready:
+            return 0
+        scheduled = getattr(loop, "_scheduled", None)
+        if scheduled:
+            return max(0, min(_SPIN_NS, int((scheduled[0]._when - loop.time()) * 1e9)))
+        return _SPIN_NS
+
     def _run(self):
         engine, transports = self._engine, self._transports
         if not transports or engine._handle is None:
             self._handle = None
             return
         loop = transports[0]._loop
+        budget = self._spin_budget(loop)
+        if budget:
+            lib.bp_spin(engine._handle, budget)
         if engine.config.threaded:
             for transport in transports:
                 transport._drain()
