@@ -14,8 +14,8 @@ The websockets library's style::
 
 and picows's callback style for the lowest latency: subclass ``WSListener`` and
 ``transport, listener = await ws_connect(Listener, url)``; ``on_ws_frame`` gets each
-message as a ``WSFrame`` whose payload is a view of the receive buffer (valid during the
-call), straight from one C scan of everything one read brought.
+message as a ``WSFrame`` (one object reused per connection; its payload is bytes, yours to
+keep), called from C for every message of a read after one C scan of the whole read.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from .protocols.websocket import (
     ProtocolError,
     State,
     WebSocketError,
+    _py,
 )
 
 __all__ = [
@@ -54,36 +55,14 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger("aiolowlat.ws")
-_OPEN = State.OPEN
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
 _time_ns = time.time_ns
+_dispatch, _frame = _py.dispatch, _py.frame
 
-
-class WSFrame:
-    """One received message or control frame; payload is valid only during the callback.
-
-    Data messages arrive whole (reassembled and inflated): ``fin`` is always True.
-    """
-
-    __slots__ = ("opcode", "fin", "payload", "rx_ns", "close_code", "close_reason")
-
-    def __init__(self, opcode=0, payload=b"", rx_ns=0):
-        self.opcode, self.fin, self.payload, self.rx_ns = opcode, True, payload, rx_ns
-        self.close_code, self.close_reason = None, ""
-
-    def get_payload_as_bytes(self) -> bytes:
-        return bytes(self.payload)
-
-    def get_payload_as_memoryview(self) -> memoryview:
-        return memoryview(self.payload)
-
-    def get_payload_as_ascii_text(self) -> str:
-        return str(self.payload, "ascii")
-
-    def get_payload_as_utf8_text(self) -> str:
-        return str(self.payload, "utf-8")
-
-    def __repr__(self):
-        return f"WSFrame(opcode={self.opcode}, size={len(self.payload)}, rx_ns={self.rx_ns})"
+# One received message or control frame: opcode, payload (bytes, yours to keep), rx_ns,
+# fin (always True: messages arrive whole) and close_code/close_reason. One object per
+# connection, reused from call to call as picows does; a C type (csrc/ws.c).
+WSFrame = _py.WSFrame
 
 
 class WSListener:
@@ -137,6 +116,7 @@ class WSTransport(asyncio.BufferedProtocol):
         self.handshake = self._loop.create_future()
         self.disconnected = self._loop.create_future()
         self._frame = WSFrame()
+        self.get_buffer = core.get_buffer  # the loop calls it per read: no extra frame
         self._on_frame = self._on_batch = self._batch_decode = None
         self._pong_waiters: dict[bytes, tuple[asyncio.Future, int]] = {}
         self._keepalive: asyncio.Task | None = None
@@ -155,7 +135,7 @@ class WSTransport(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.write(self.core.request())
 
-    def get_buffer(self, sizehint):
+    def get_buffer(self, sizehint):  # replaced per instance by core.get_buffer
         return self.core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes):
@@ -191,20 +171,15 @@ class WSTransport(asyncio.BufferedProtocol):
                             if core.scan_done():
                                 continue
                             break
-                view, it = core.view, iter(core.frames)
-                for meta, size in zip(it, it):
-                    kind = meta & 255
-                    if kind == 0x81 or kind == 0x82:  # a one-frame message, checked in C
-                        o = meta >> 8
-                        frame.opcode = kind & 15
-                        frame.payload = view[o : o + size]
-                        on_frame(self, frame)
-                    else:
-                        event = core.handle_frame(meta, size)
-                        if event is not None:
-                            self._event(event, rx_ns)
-                            if core.state is State.CLOSED:
-                                break  # nothing follows a close frame
+                # Plain one-frame messages go to on_frame from C; the rest, one by one, here.
+                i = _dispatch(core._buf, core.frames_addr, 0, n, frame, on_frame, self)
+                while i < n:
+                    event = core.handle_frame(*core.frame_at(i))
+                    if event is not None:
+                        self._event(event, rx_ns)
+                        if core.state is _CLOSED:
+                            break  # nothing follows a close frame
+                    i = _dispatch(core._buf, core.frames_addr, i + 1, n, frame, on_frame, self)
                 if not core.scan_done():
                     break
             if core._out:
@@ -314,9 +289,8 @@ class WSTransport(asyncio.BufferedProtocol):
 
     def send(self, opcode: int, payload) -> None:
         """Send one message (TEXT/BINARY, compressed if agreed) or a control frame."""
-        core = self.core
-        if (opcode == 1 or opcode == 2) and core.plain_open:
-            self.transport.write(core.frame(0x80 | opcode, payload))
+        if (opcode == 1 or opcode == 2) and self.core.plain_open:
+            self.transport.write(_frame(0x80 | opcode, payload))
             return
         if self.core.state is not State.OPEN:
             raise ConnectionClosedError(self.close_code or 1006, self.close_reason)

@@ -62,10 +62,11 @@ class Settings:
     round_trips: int  # per rtt run, plus a tenth as warm-up
     rounds: int
     deadline_s: float  # per run
+    budget_s: float  # for the whole invocation: later runs are reported as skipped
 
 
-QUICK = Settings(messages=100_000, round_trips=1_500, rounds=1, deadline_s=15)
-FULL = Settings(messages=1_000_000, round_trips=20_000, rounds=3, deadline_s=60)
+QUICK = Settings(messages=100_000, round_trips=1_500, rounds=1, deadline_s=5, budget_s=45)
+FULL = Settings(messages=1_000_000, round_trips=20_000, rounds=3, deadline_s=60, budget_s=1800)
 
 
 # --- clients: one coroutine per implementation and mode --------------------------------------
@@ -281,7 +282,7 @@ def percentile_us(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))] / 1000
 
 
-def run_job(kind, impl, case, ports, cafile, s: Settings) -> dict:
+def run_job(kind, impl, case, ports, cafile, s: Settings, stop_at: float) -> dict:
     mode, scheme = case.split("_")
     ssl_ctx = None
     if scheme == "wss":
@@ -289,15 +290,19 @@ def run_job(kind, impl, case, ports, cafile, s: Settings) -> dict:
     host = "localhost" if ssl_ctx else "127.0.0.1"
     url = f"{scheme}://{host}:{ports[case]}/" + (f"feed?n={s.messages}" if mode == "feed" else "echo")
 
+    deadline_s = min(s.deadline_s, stop_at - time.time())
+    if deadline_s <= 0:
+        return {"error": f"skipped: over the {s.budget_s:g} s budget"}
+
     async def main():
-        async with asyncio.timeout(s.deadline_s):
+        async with asyncio.timeout(deadline_s):
             return await CLIENTS[impl](url, ssl_ctx, mode, s)
 
     try:
         with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
             result = runner.run(main())
     except TimeoutError:
-        return {"error": f"not done within {s.deadline_s:g} s"}
+        return {"error": f"not done within {deadline_s:.3g} s"}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     if mode == "feed":
@@ -311,12 +316,12 @@ def run_job(kind, impl, case, ports, cafile, s: Settings) -> dict:
     }
 
 
-def client_proc(kind, jobs, ports, cafile, core, s: Settings, pipe) -> None:
+def client_proc(kind, jobs, ports, cafile, core, s: Settings, stop_at, pipe) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.sched_setaffinity(0, {core})
     bytes(1 << 20)  # raise glibc's mmap threshold, as a long-running process has (loop_echo.py)
     for impl, case in jobs:
-        pipe.send((impl, case, run_job(kind, impl, case, ports, cafile, s)))
+        pipe.send((impl, case, run_job(kind, impl, case, ports, cafile, s, stop_at)))
     pipe.send(None)
 
 
@@ -336,13 +341,15 @@ def start_servers(cases, cores, cert, key, ctx) -> tuple[list, dict]:
     return procs, ports
 
 
-def run_loop(kind, jobs, ports, cafile, core, s: Settings, ctx) -> list:
+def run_loop(kind, jobs, ports, cafile, core, s: Settings, stop_at, ctx) -> list:
     rx, tx = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=client_proc, args=(kind, jobs, ports, cafile, core, s, tx))
+    args = (kind, jobs, ports, cafile, core, s, stop_at, tx)
+    proc = ctx.Process(target=client_proc, args=args)
     proc.start()
     tx.close()
     results = []
-    deadline = time.monotonic() + s.deadline_s * len(jobs) + 30
+    # The child skips runs past stop_at; this only covers a child that hangs outside a run.
+    deadline = time.monotonic() + min(s.deadline_s * len(jobs), stop_at - time.time()) + 10
     try:
         while time.monotonic() < deadline and rx.poll(max(0.0, deadline - time.monotonic())):
             item = rx.recv()
@@ -448,6 +455,7 @@ def main(argv=None) -> int:
         cert.cert_chain_pems[0].write_to_path(certfile)
         cert.private_key_pem.write_to_path(keyfile)
         ca.cert_pem.write_to_path(cafile)
+        stop_at = time.time() + s.budget_s
         servers, ports = start_servers(cases, cores, certfile, keyfile, ctx)
         runs: dict = {}
         try:
@@ -455,7 +463,8 @@ def main(argv=None) -> int:
                 # Interleave implementations within each case; reverse every other round.
                 jobs = [(i, c) for c in cases for i in (impls if r % 2 == 0 else impls[::-1])]
                 for kind in loops if r % 2 == 0 else loops[::-1]:
-                    for impl, case, res in run_loop(kind, jobs, ports, cafile, cores[-1], s, ctx):
+                    results = run_loop(kind, jobs, ports, cafile, cores[-1], s, stop_at, ctx)
+                    for impl, case, res in results:
                         runs.setdefault((case, impl, kind), []).append(res)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

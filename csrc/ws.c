@@ -1,4 +1,9 @@
-/* WebSocket hot path: the parts that would cost Python a bytecode per byte. */
+/* WebSocket hot path: the parts that would cost Python a bytecode per byte, and the
+ * per-message dispatch that would cost it a dozen bytecodes per frame. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* first, as the C API asks; only the last section uses it */
+#include <structmember.h>
+
 #include "ws.h"
 
 #include <string.h>
@@ -199,4 +204,248 @@ long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
     }
     out[pos++] = close;
     return (long)pos;
+}
+
+/* --- CPython side: the per-message path ------------------------------------------------
+ * cffi cannot build or call Python objects, and a Python loop over a read's frames costs
+ * more than the frames' JSON decoding. So these few functions are a small CPython module,
+ * aiolowlat._native._ws_py, living in the cffi extension and registered by al_ws_py_init:
+ * WSFrame (picows's reusable frame object), dispatch (every plain message of a scan to
+ * on_ws_frame) and frame (one masked frame as bytes). */
+
+typedef struct {
+    PyObject_HEAD
+    int opcode;
+    char fin;
+    long long rx_ns;
+    PyObject *payload;
+    PyObject *close_code;
+    PyObject *close_reason;
+} WSFrameObject;
+
+static PyMemberDef frame_members[] = {
+    {"opcode", T_INT, offsetof(WSFrameObject, opcode), 0, "TEXT 1, BINARY 2, CLOSE 8, ..."},
+    {"fin", T_BOOL, offsetof(WSFrameObject, fin), 0, "always True: messages come whole"},
+    {"rx_ns", T_LONGLONG, offsetof(WSFrameObject, rx_ns), 0, "receive time, time.time_ns()"},
+    {"payload", T_OBJECT, offsetof(WSFrameObject, payload), 0, "the message (bytes)"},
+    {"close_code", T_OBJECT, offsetof(WSFrameObject, close_code), 0, "of a CLOSE frame"},
+    {"close_reason", T_OBJECT, offsetof(WSFrameObject, close_reason), 0, "of a CLOSE frame"},
+    {NULL},
+};
+
+static int frame_init(WSFrameObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"opcode", "payload", "rx_ns", NULL};
+    int opcode = 0;
+    long long rx_ns = 0;
+    PyObject *payload = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iOL", names, &opcode, &payload, &rx_ns))
+        return -1;
+    if (payload == NULL) payload = PyBytes_FromStringAndSize(NULL, 0);
+    else Py_INCREF(payload);
+    if (payload == NULL) return -1;
+    self->opcode = opcode;
+    self->fin = 1;
+    self->rx_ns = rx_ns;
+    Py_XSETREF(self->payload, payload);
+    Py_XSETREF(self->close_code, Py_NewRef(Py_None));
+    Py_XSETREF(self->close_reason, PyUnicode_FromStringAndSize(NULL, 0));
+    return self->close_reason ? 0 : -1;
+}
+
+static int frame_traverse(WSFrameObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->payload);
+    Py_VISIT(self->close_code);
+    Py_VISIT(self->close_reason);
+    return 0;
+}
+
+static int frame_clear(WSFrameObject *self)
+{
+    Py_CLEAR(self->payload);
+    Py_CLEAR(self->close_code);
+    Py_CLEAR(self->close_reason);
+    return 0;
+}
+
+static void frame_dealloc(WSFrameObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    frame_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *frame_payload(WSFrameObject *self)
+{
+    if (self->payload == NULL) return PyBytes_FromStringAndSize(NULL, 0);
+    return Py_NewRef(self->payload);
+}
+
+static PyObject *frame_as_bytes(WSFrameObject *self, PyObject *unused)
+{
+    PyObject *p = frame_payload(self);
+    if (p == NULL || PyBytes_CheckExact(p)) return p;
+    Py_SETREF(p, PyBytes_FromObject(p));
+    return p;
+}
+
+static PyObject *frame_as_memoryview(WSFrameObject *self, PyObject *unused)
+{
+    PyObject *p = frame_payload(self);
+    if (p == NULL) return NULL;
+    Py_SETREF(p, PyMemoryView_FromObject(p));
+    return p;
+}
+
+static PyObject *frame_as_text(WSFrameObject *self, const char *encoding)
+{
+    PyObject *p = frame_payload(self);
+    if (p == NULL) return NULL;
+    Py_SETREF(p, PyUnicode_FromEncodedObject(p, encoding, "strict"));
+    return p;
+}
+
+static PyObject *frame_as_ascii(WSFrameObject *self, PyObject *unused)
+{
+    return frame_as_text(self, "ascii");
+}
+
+static PyObject *frame_as_utf8(WSFrameObject *self, PyObject *unused)
+{
+    return frame_as_text(self, "utf-8");
+}
+
+static PyObject *frame_repr(WSFrameObject *self)
+{
+    Py_ssize_t size = self->payload ? PyObject_Length(self->payload) : 0;
+    if (size < 0) {
+        PyErr_Clear();
+        size = -1;
+    }
+    return PyUnicode_FromFormat("WSFrame(opcode=%d, size=%zd, rx_ns=%lld)", self->opcode, size,
+                                self->rx_ns);
+}
+
+static PyMethodDef frame_methods[] = {
+    {"get_payload_as_bytes", (PyCFunction)frame_as_bytes, METH_NOARGS, NULL},
+    {"get_payload_as_memoryview", (PyCFunction)frame_as_memoryview, METH_NOARGS, NULL},
+    {"get_payload_as_ascii_text", (PyCFunction)frame_as_ascii, METH_NOARGS, NULL},
+    {"get_payload_as_utf8_text", (PyCFunction)frame_as_utf8, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject WSFrameType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat.ws.WSFrame",
+    .tp_doc = "One received message or control frame (reused from call to call: copy what "
+              "you keep).",
+    .tp_basicsize = sizeof(WSFrameObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)frame_init,
+    .tp_dealloc = (destructor)frame_dealloc,
+    .tp_traverse = (traverseproc)frame_traverse,
+    .tp_clear = (inquiry)frame_clear,
+    .tp_repr = (reprfunc)frame_repr,
+    .tp_members = frame_members,
+    .tp_methods = frame_methods,
+};
+
+/* dispatch(buf, frames_addr, i, n, frame, on_frame, transport) -> int: calls
+ * on_frame(transport, frame) for scanned frames i, i+1, ... while each is a plain one-frame
+ * message (kind 0x81 or 0x82; text already UTF-8 checked by the scan), with frame.payload
+ * a bytes copy; returns the index of the first frame it did not take (n when all). */
+static PyObject *py_dispatch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() takes 7 arguments");
+        return NULL;
+    }
+    PyObject *buf = args[0], *frame = args[4], *on_frame = args[5];
+    if (!PyByteArray_Check(buf) || !Py_IS_TYPE(frame, &WSFrameType)) {
+        PyErr_SetString(PyExc_TypeError, "dispatch(bytearray, int, int, int, WSFrame, ...)");
+        return NULL;
+    }
+    const uint64_t *frames = PyLong_AsVoidPtr(args[1]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[2]), n = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    WSFrameObject *f = (WSFrameObject *)frame;
+    PyObject *call_args[2] = {args[6], frame};
+    for (; i < n; i++) {
+        uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
+        uint8_t kind = (uint8_t)meta;
+        if (kind != (AL_WS_FIN | 1) && kind != (AL_WS_FIN | 2)) break;
+        /* bounds checked per frame: the arrays come from Python, a crash must not */
+        const char *data = PyByteArray_AS_STRING(buf);
+        if ((meta >> 8) + size > (uint64_t)PyByteArray_GET_SIZE(buf)) {
+            PyErr_SetString(PyExc_ValueError, "frame outside the receive buffer");
+            return NULL;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(data + (meta >> 8), (Py_ssize_t)size);
+        if (payload == NULL) return NULL;
+        f->opcode = kind & 15;
+        Py_XSETREF(f->payload, payload);
+        PyObject *r = PyObject_Vectorcall(on_frame, call_args, 2, NULL);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+/* frame(first, payload) -> bytes: one masked client frame, built in its bytes object. */
+static PyObject *py_frame(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "frame() takes 2 arguments");
+        return NULL;
+    }
+    long first = PyLong_AsLong(args[0]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    size_t len = (size_t)view.len, head = len < 126 ? 2 : len < 65536 ? 4 : 10;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head + 4 + len));
+    if (out != NULL &&
+        !al_ws_encode((uint8_t *)PyBytes_AS_STRING(out), (uint8_t)first, view.buf, len, 1)) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_OSError, "getrandom() failed: no masking key");
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef py_methods[] = {
+    {"dispatch", (PyCFunction)(void (*)(void))py_dispatch, METH_FASTCALL,
+     "Call on_frame for each plain message of a scan; returns where it stopped."},
+    {"frame", (PyCFunction)(void (*)(void))py_frame, METH_FASTCALL,
+     "One masked client frame as bytes."},
+    {NULL},
+};
+
+static struct PyModuleDef py_module = {
+    PyModuleDef_HEAD_INIT, "aiolowlat._native._ws_py",
+    "The WebSocket per-message path in C (see csrc/ws.c).", -1, py_methods,
+};
+
+int al_ws_py_init(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure(); /* cffi calls C without the GIL */
+    int rc = -1;
+    PyObject *modules = PyImport_GetModuleDict();
+    if (PyDict_GetItemString(modules, py_module.m_name) != NULL) {
+        rc = 0;
+        goto out;
+    }
+    if (PyType_Ready(&WSFrameType) < 0) goto out;
+    PyObject *m = PyModule_Create(&py_module);
+    if (m == NULL) goto out;
+    if (PyModule_AddObjectRef(m, "WSFrame", (PyObject *)&WSFrameType) == 0 &&
+        PyDict_SetItemString(modules, py_module.m_name, m) == 0)
+        rc = 0;
+    Py_DECREF(m);
+out:
+    if (rc) PyErr_Print();
+    PyGILState_Release(gil);
+    return rc;
 }

@@ -67,4 +67,8 @@ size_t al_ws_encode(uint8_t *out, uint8_t first, const char *payload, size_t len
 long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
                 uint8_t *out, size_t cap, uint8_t open, uint8_t sep, uint8_t close);
 
+/* Register aiolowlat._native._ws_py, the per-message path as a CPython module (WSFrame,
+ * dispatch, frame): call once after importing _ws. 0 on success, -1 (error printed). */
+int al_ws_py_init(void);
+
 #endif

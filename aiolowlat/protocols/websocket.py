@@ -16,6 +16,7 @@ import enum
 import hashlib
 import os
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 
@@ -43,8 +44,12 @@ __all__ = [
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADERS = 64 * 1024  # a longer handshake response is refused
 SCAN_CAP = 1024  # frames per C scan call
-_scan, _encode, _join, _unpack = lib.al_ws_scan, lib.al_ws_encode, lib.al_ws_join, ffi.unpack
+_scan, _join, _unpack = lib.al_ws_scan, lib.al_ws_join, ffi.unpack
 MIN_READ = 64 * 1024  # free space get_buffer() guarantees
+if lib.al_ws_py_init():  # pragma: no cover - only if the interpreter is out of memory
+    raise ImportError("aiolowlat._native._ws_py could not be registered")
+_py = sys.modules["aiolowlat._native._ws_py"]  # the per-message path in C (csrc/ws.c)
+_frame = _py.frame
 
 
 class Opcode(enum.IntEnum):
@@ -326,19 +331,17 @@ class ClientProtocol:
         self._start = self._end = 0
         self._scan = ffi.new("al_ws_scan_state *")
         self._frames = ffi.new("uint64_t[]", 2 * SCAN_CAP)
+        self.frames_addr = int(ffi.cast("uintptr_t", self._frames))  # for _ws_py.dispatch
         self._stop = 0
         self._jbuf = bytearray(0)  # join_text's output, sized to the receive buffer
         self._flags = lib.AL_WS_CHECK_UTF8
-        self._obuf = ffi.new("uint8_t[]", 65536)  # reused for every frame that fits
         # A fragmented message being assembled: (opcode, compressed, parts, size).
         self._frag_opcode = 0
         self._frag_compressed = False
         self._frag_parts: list[bytes] = []
         self._frag_size = 0
         self._frag_utf8 = None
-        # The frame arrays of the last scan (what the adapters' fast paths iterate).
-        self.view = self._view
-        self.frames: list[int] = []
+        self.view = self._view  # the receive buffer, which scanned frames point into
 
     # -- handshake ---------------------------------------------------------------------
 
@@ -413,6 +416,8 @@ class ClientProtocol:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Free space at the end of the receive buffer (at least MIN_READ bytes)."""
+        if not self._end:  # all consumed: the whole buffer, no slice to make
+            return self._view
         if len(self._buf) - self._end < MIN_READ:
             self._make_room(MIN_READ)
         return self._view[self._end :]
@@ -481,8 +486,8 @@ class ClientProtocol:
         if self.state is State.CLOSED:
             self._start = self._end = 0  # anything after the close frame is discarded
         while self.state is not State.CLOSED:
-            self.scan()
-            view, it = self.view, iter(self.frames)
+            n = self.scan()
+            view, it = self.view, iter(_unpack(self._frames, 2 * n))
             for meta, size in zip(it, it):
                 kind = meta & 255
                 if kind == 0x81 or kind == 0x82:
@@ -498,25 +503,26 @@ class ClientProtocol:
                 return
 
     def scan(self) -> int:
-        """Parse the buffered whole frames' headers (in C) into ``frames``.
+        """Parse the buffered whole frames' headers (in C); returns how many.
 
-        ``frames`` holds two ints per frame: payload offset in ``view`` << 8 | the frame's
-        first byte, and payload length. Plain one-frame text (0x81, UTF-8 already checked)
-        and binary (0x82) messages can be read straight from ``view``; every other frame
-        goes through ``handle_frame(meta, size)``; then ``scan_done()`` must follow.
+        Frame i is ``frame_at(i)``: (payload offset in ``view`` << 8 | the frame's first
+        byte, payload length). Plain one-frame text (0x81, UTF-8 already checked) and binary
+        (0x82) messages can be read straight from ``view`` (or handed out by
+        ``_ws_py.dispatch``); every other frame goes through ``handle_frame(meta, size)``;
+        then ``scan_done()`` must follow.
         """
+        scan = self._scan
         r = _scan(
             self._ptr, self._start, self._end, len(self._buf), self._frames, SCAN_CAP,
-            self.max_frame_size, self._flags, self._scan,
+            self.max_frame_size, self._flags, scan,
         )  # fmt: skip
-        n = r & 0xFFFF
         self._stop = r >> 16
-        if n:
-            f = self.frames = _unpack(self._frames, 2 * n)
-            self._start = (f[-2] >> 8) + f[-1]  # the end of the last frame
-        else:
-            self.frames = []
-        return n
+        self._start += scan.consumed
+        return r & 0xFFFF
+
+    def frame_at(self, i: int) -> tuple[int, int]:
+        """(meta, size) of frame i of the last scan."""
+        return self._frames[2 * i], self._frames[2 * i + 1]
 
     def join_text(self, n: int) -> memoryview | None:
         """The last scan's n frames as one JSON array of their payloads, if every one is a
@@ -626,14 +632,7 @@ class ClientProtocol:
 
     def frame(self, first: int, payload) -> bytes:
         """One masked frame with this first byte (fin, rsv1, opcode) around payload."""
-        n = len(payload)
-        out = self._obuf if n <= 65536 - 14 else ffi.new("uint8_t[]", n + 14)
-        if type(payload) is not bytes:
-            payload = ffi.from_buffer(payload)
-        size = _encode(out, first, payload, n, 1)
-        if not size:  # pragma: no cover - getrandom failed
-            raise OSError("getrandom() failed: no masking key")
-        return ffi.buffer(out, size)[:]
+        return _frame(first, payload)
 
     def _check_open(self) -> None:
         if self.state is not State.OPEN:
