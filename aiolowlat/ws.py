@@ -31,6 +31,7 @@ import urllib.parse
 from collections import deque
 
 from .protocols.websocket import (
+    SCAN_CAP,
     ClientProtocol,
     Close,
     ConnectionClosed,
@@ -57,7 +58,7 @@ __all__ = [
 log = logging.getLogger("aiolowlat.ws")
 _OPEN, _CLOSED = State.OPEN, State.CLOSED
 _time_ns = time.time_ns
-_dispatch, _frame = _py.dispatch, _py.frame
+_dispatch, _receive, _frame = _py.dispatch, _py.receive, _py.frame
 
 # One received message or control frame: opcode, payload (bytes, yours to keep), rx_ns,
 # fin (always True: messages arrive whole) and close_code/close_reason. One object per
@@ -154,34 +155,22 @@ class WSTransport(asyncio.BufferedProtocol):
                 self._flush()
                 return
             core._end += nbytes  # core.commit(), inlined: this runs once per read
-            frame, on_frame = self._frame, self._on_frame
+            frame = self._frame
             frame.rx_ns = rx_ns
-            batch_decode = self._batch_decode
-            while True:
-                n = core.scan()
-                if batch_decode is not None and n:
-                    joined = core.join_text(n)
-                    if joined is not None:
-                        try:
-                            messages = batch_decode(joined)
-                        except Exception:  # not all of the expected type: frame by frame
-                            messages = None
-                        if messages is not None:
-                            self._on_batch(self, messages, rx_ns)
-                            if core.scan_done():
-                                continue
-                            break
-                # Plain one-frame messages go to on_frame from C; the rest, one by one, here.
-                i = _dispatch(core._buf, core.frames_addr, 0, n, frame, on_frame, self)
-                while i < n:
-                    event = core.handle_frame(*core.frame_at(i))
-                    if event is not None:
-                        self._event(event, rx_ns)
-                        if core.state is _CLOSED:
-                            break  # nothing follows a close frame
-                    i = _dispatch(core._buf, core.frames_addr, i + 1, n, frame, on_frame, self)
-                if not core.scan_done():
-                    break
+            if self._batch_decode is None:
+                # A read's common case in one C call: scan, and each message to on_ws_frame.
+                start = _receive(
+                    core._buf, core._start, core._end, core.frames_addr, SCAN_CAP,
+                    core.scan_addr, core.max_frame_size, core._flags, frame, self._on_frame, self,
+                )  # fmt: skip
+                if start >= 0:
+                    core._start = start
+                    if start == core._end:
+                        core._start = core._end = 0
+                elif self._finish_scan(*core.receive_stopped(), rx_ns):
+                    self._read(rx_ns)
+            else:
+                self._read(rx_ns)
             if core._out:
                 self._flush()
         except (ProtocolError, InvalidHandshake) as exc:
@@ -189,6 +178,41 @@ class WSTransport(asyncio.BufferedProtocol):
         except Exception as exc:  # the listener's bug: report it, close as RFC 6455 says
             log.exception("WebSocket listener raised; closing with 1011")
             self._fail(exc, 1011)
+
+    def _read(self, rx_ns):
+        """Scan and dispatch until no whole frame is left (in batches if asked for)."""
+        core, batch_decode = self.core, self._batch_decode
+        while True:
+            n = core.scan()
+            if batch_decode is not None and n:
+                joined = core.join_text(n)
+                if joined is not None:
+                    try:
+                        messages = batch_decode(joined)
+                    except Exception:  # not all of the expected type: frame by frame
+                        messages = None
+                    if messages is not None:
+                        self._on_batch(self, messages, rx_ns)
+                        if core.scan_done():
+                            continue
+                        return
+            i = _dispatch(core._buf, core.frames_addr, 0, n, self._frame, self._on_frame, self)
+            if not self._finish_scan(n, i, rx_ns):
+                return
+
+    def _finish_scan(self, n, i, rx_ns) -> bool:
+        """Frames i.. of the last scan (control frames, fragments and compressed messages
+        here, plain messages from C); True if another scan may find more."""
+        core, frame, on_frame = self.core, self._frame, self._on_frame
+        while i < n:
+            event = core.handle_frame(*core.frame_at(i))
+            if event is not None:
+                self._event(event, rx_ns)
+                if core.state is _CLOSED:  # nothing follows a close frame
+                    core._start = core._end = 0
+                    return False
+            i = _dispatch(core._buf, core.frames_addr, i + 1, n, frame, on_frame, self)
+        return core.scan_done()
 
     def _event(self, event, rx_ns):
         frame = self._frame

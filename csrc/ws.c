@@ -352,6 +352,34 @@ static PyTypeObject WSFrameType = {
     .tp_methods = frame_methods,
 };
 
+/* Hand plain messages i, i+1, ... of frames[0:n] (in data[0:size]) to on_frame(transport,
+ * frame); returns the index of the first one not taken, or -1 with an exception set. */
+static Py_ssize_t dispatch_frames(PyObject *buf, const uint64_t *frames, Py_ssize_t i,
+                                  Py_ssize_t n, WSFrameObject *f, PyObject *on_frame,
+                                  PyObject *transport)
+{
+    PyObject *call_args[2] = {transport, (PyObject *)f};
+    for (; i < n; i++) {
+        uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
+        uint8_t kind = (uint8_t)meta;
+        if (kind != (AL_WS_FIN | 1) && kind != (AL_WS_FIN | 2)) break;
+        /* bounds checked per frame: the arrays come from Python, a crash must not */
+        if ((meta >> 8) + size > (uint64_t)PyByteArray_GET_SIZE(buf)) {
+            PyErr_SetString(PyExc_ValueError, "frame outside the receive buffer");
+            return -1;
+        }
+        PyObject *payload =
+            PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + (meta >> 8), (Py_ssize_t)size);
+        if (payload == NULL) return -1;
+        f->opcode = kind & 15;
+        Py_XSETREF(f->payload, payload);
+        PyObject *r = PyObject_Vectorcall(on_frame, call_args, 2, NULL);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    return i;
+}
+
 /* dispatch(buf, frames_addr, i, n, frame, on_frame, transport) -> int: calls
  * on_frame(transport, frame) for scanned frames i, i+1, ... while each is a plain one-frame
  * message (kind 0x81 or 0x82; text already UTF-8 checked by the scan), with frame.payload
@@ -362,35 +390,55 @@ static PyObject *py_dispatch(PyObject *mod, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "dispatch() takes 7 arguments");
         return NULL;
     }
-    PyObject *buf = args[0], *frame = args[4], *on_frame = args[5];
-    if (!PyByteArray_Check(buf) || !Py_IS_TYPE(frame, &WSFrameType)) {
+    if (!PyByteArray_Check(args[0]) || !Py_IS_TYPE(args[4], &WSFrameType)) {
         PyErr_SetString(PyExc_TypeError, "dispatch(bytearray, int, int, int, WSFrame, ...)");
         return NULL;
     }
     const uint64_t *frames = PyLong_AsVoidPtr(args[1]);
     Py_ssize_t i = PyLong_AsSsize_t(args[2]), n = PyLong_AsSsize_t(args[3]);
     if (PyErr_Occurred()) return NULL;
-    WSFrameObject *f = (WSFrameObject *)frame;
-    PyObject *call_args[2] = {args[6], frame};
-    for (; i < n; i++) {
-        uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
-        uint8_t kind = (uint8_t)meta;
-        if (kind != (AL_WS_FIN | 1) && kind != (AL_WS_FIN | 2)) break;
-        /* bounds checked per frame: the arrays come from Python, a crash must not */
-        const char *data = PyByteArray_AS_STRING(buf);
-        if ((meta >> 8) + size > (uint64_t)PyByteArray_GET_SIZE(buf)) {
-            PyErr_SetString(PyExc_ValueError, "frame outside the receive buffer");
-            return NULL;
-        }
-        PyObject *payload = PyBytes_FromStringAndSize(data + (meta >> 8), (Py_ssize_t)size);
-        if (payload == NULL) return NULL;
-        f->opcode = kind & 15;
-        Py_XSETREF(f->payload, payload);
-        PyObject *r = PyObject_Vectorcall(on_frame, call_args, 2, NULL);
-        if (r == NULL) return NULL;
-        Py_DECREF(r);
+    i = dispatch_frames(args[0], frames, i, n, (WSFrameObject *)args[4], args[5], args[6]);
+    return i < 0 ? NULL : PyLong_FromSsize_t(i);
+}
+
+/* receive(buf, start, end, frames_addr, cap, state_addr, max_frame, flags, frame, on_frame,
+ * transport) -> int: one read's common case in one call: al_ws_scan of buf[start:end],
+ * then dispatch. Returns the new start when every frame found was a plain message taken
+ * and the scan stopped only for want of bytes; else -1, with frames/taken/stop and the
+ * scan's results in the state for the caller's general path. */
+static PyObject *py_receive(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "receive() takes 11 arguments");
+        return NULL;
     }
-    return PyLong_FromSsize_t(i);
+    PyObject *buf = args[0];
+    if (!PyByteArray_Check(buf) || !Py_IS_TYPE(args[8], &WSFrameType)) {
+        PyErr_SetString(PyExc_TypeError, "receive(bytearray, ..., WSFrame, ...)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    uint64_t *frames = PyLong_AsVoidPtr(args[3]);
+    long cap = PyLong_AsLong(args[4]);
+    al_ws_scan_state *st = PyLong_AsVoidPtr(args[5]);
+    unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[6]);
+    long flags = PyLong_AsLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t size = PyByteArray_GET_SIZE(buf);
+    if (start < 0 || start > end || end > size || cap <= 0 || cap > AL_WS_COUNT_MASK) {
+        PyErr_SetString(PyExc_ValueError, "receive(): bad buffer bounds or cap");
+        return NULL;
+    }
+    int r = al_ws_scan(PyByteArray_AS_STRING(buf), (size_t)start, (size_t)end, (size_t)size,
+                       frames, (int)cap, max_frame, (int)flags, st);
+    st->frames = r & AL_WS_COUNT_MASK;
+    st->stop = r >> AL_WS_STOP_SHIFT;
+    Py_ssize_t taken = dispatch_frames(buf, frames, 0, st->frames, (WSFrameObject *)args[8],
+                                       args[9], args[10]);
+    if (taken < 0) return NULL;
+    st->taken = (int)taken;
+    if (taken == st->frames && !st->stop) return PyLong_FromSize_t((size_t)start + st->consumed);
+    return PyLong_FromLong(-1);
 }
 
 /* frame(first, payload) -> bytes: one masked client frame, built in its bytes object. */
@@ -418,6 +466,8 @@ static PyObject *py_frame(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
 static PyMethodDef py_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))py_dispatch, METH_FASTCALL,
      "Call on_frame for each plain message of a scan; returns where it stopped."},
+    {"receive", (PyCFunction)(void (*)(void))py_receive, METH_FASTCALL,
+     "Scan a read and call on_frame for its plain messages; the new start, or -1."},
     {"frame", (PyCFunction)(void (*)(void))py_frame, METH_FASTCALL,
      "One masked client frame as bytes."},
     {NULL},

@@ -39,6 +39,9 @@ typedef struct {
     size_t need;     /* size of the partial frame at consumed once its header is in; else 0 */
     int error;       /* AL_WS_OK, or why the frame at consumed is bad */
     int fragmented;  /* in/out: inside a fragmented data message */
+    int frames;      /* _ws_py.receive: frames its scan found */
+    int taken;       /* _ws_py.receive: of which it dispatched (the next is not plain) */
+    int stop;        /* _ws_py.receive: its scan's AL_WS_STOP_* bits */
 } al_ws_scan_state;
 
 /* Parse the headers of every whole frame in buf[start:end] (at most cap, cap < 65536)

@@ -331,7 +331,9 @@ class ClientProtocol:
         self._start = self._end = 0
         self._scan = ffi.new("al_ws_scan_state *")
         self._frames = ffi.new("uint64_t[]", 2 * SCAN_CAP)
-        self.frames_addr = int(ffi.cast("uintptr_t", self._frames))  # for _ws_py.dispatch
+        # Addresses for _ws_py.receive/dispatch, which take them as ints.
+        self.frames_addr = int(ffi.cast("uintptr_t", self._frames))
+        self.scan_addr = int(ffi.cast("uintptr_t", self._scan))
         self._stop = 0
         self._jbuf = bytearray(0)  # join_text's output, sized to the receive buffer
         self._flags = lib.AL_WS_CHECK_UTF8
@@ -519,6 +521,14 @@ class ClientProtocol:
         self._stop = r >> 16
         self._start += scan.consumed
         return r & 0xFFFF
+
+    def receive_stopped(self) -> tuple[int, int]:
+        """Adopt the scan of a ``_ws_py.receive`` that returned -1, as if by ``scan()``:
+        (frames it found, of which it dispatched); ``scan_done()`` must follow."""
+        st = self._scan
+        self._start += st.consumed
+        self._stop = st.stop
+        return st.frames, st.taken
 
     def frame_at(self, i: int) -> tuple[int, int]:
         """(meta, size) of frame i of the last scan."""
