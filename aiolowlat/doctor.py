@@ -490,6 +490,22 @@ def exit_status(checks: Iterable[Check]) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
+def needs_of(settings) -> set[str]:
+    """What a strategy's settings (aiolowlat.config.Settings) need of this host."""
+    needs = set()
+    if settings.loop == "uring" or any(f.transport == "uring" for f in settings.feeds.values()):
+        needs.add("uring")
+    needs |= {f.transport for f in settings.feeds.values() if f.transport in ("af_xdp", "dpdk")}
+    if settings.busy_poll or any(f.engine.busy_poll for f in settings.feeds.values()
+                                 if f.transport in ("af_xdp", "dpdk")):
+        needs.add("busy_poll")
+    if settings.tuning.mlockall:
+        needs.add("mlock")
+    if settings.tuning.hugepages:
+        needs.add("hugepages")
+    return needs
+
+
 def main(argv: list[str] | None = None) -> int:
     """``aiolowlat doctor``: print the findings; exit 1 when a need cannot be met."""
     parser = argparse.ArgumentParser(
@@ -497,9 +513,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--needs", default="", help="comma-separated features that must work: "
                         + ", ".join(NEEDS))
     parser.add_argument("--interface", "-i", help="also check this NIC (timestamps, IRQs)")
+    parser.add_argument("--config", help="a strategy TOML file: check what it needs")
     parser.add_argument("--json", action="store_true", help="one JSON object per check")
     args = parser.parse_args(argv)
     needs = {n.strip() for n in args.needs.split(",") if n.strip()}
+    if args.config:
+        from . import config
+
+        try:
+            settings = config.load(args.config)
+        except config.ConfigError as exc:
+            parser.error(str(exc))
+        needs |= needs_of(settings)
+        interfaces = {f.interface for f in settings.feeds.values() if f.interface}
+        if args.interface is None and len(interfaces) == 1:
+            args.interface = interfaces.pop()
     if needs - NEEDS.keys():
         parser.error(f"unknown needs {sorted(needs - NEEDS.keys())}: choose from "
                      f"{', '.join(NEEDS)}")

@@ -243,3 +243,17 @@ def test_print_checks_and_main_in_process(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {"name": "io_uring_disabled", "status": "ok",
             "found": "kernel.io_uring_disabled = 0", "fix": ""} in rows
+
+
+def test_needs_come_from_a_strategy_config(tmp_path):
+    from aiolowlat import config, doctor
+
+    path = tmp_path / "s.toml"
+    path.write_text('busy_poll = true\n[tuning]\nmlockall = true\n'
+                    '[feeds.itch]\ntransport = "af_xdp"\ninterface = "lo"\n'
+                    '[feeds.itch.engine]\nbusy_poll = true\n')
+    assert doctor.needs_of(config.load(path, env={})) == {"uring", "af_xdp", "busy_poll", "mlock"}
+    assert doctor.needs_of(config.load(env={}, overrides=["loop=asyncio"])) == set()
+    assert doctor.main(["--config", str(path)]) in (0, 1)  # runs: the host decides
+    with pytest.raises(SystemExit):
+        doctor.main(["--config", str(tmp_path / "missing.toml")])
