@@ -402,6 +402,8 @@ void bp_read_stats(struct bp_engine *e, struct bp_stats *out)
     out->arp_replies = e->pkt.arp_replies;
     out->arp_learned = e->pkt.arp_learned;
     memcpy(out->drops, e->pkt.drops, sizeof out->drops);
+    if (e->drv && e->ops->stats)
+        e->ops->stats(e, out);
 }
 
 void bp_local(struct bp_engine *e, uint8_t *mac, uint32_t *ip)

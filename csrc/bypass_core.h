@@ -59,6 +59,9 @@ struct bp_stats {
     int64_t xdp_mode;      /* the mode attached: BP_XDP_SKB or BP_XDP_NATIVE */
     int64_t busy_poll_sockopt;  /* SO_PREFER_BUSY_POLL accepted */
     int64_t start_retries;      /* EBUSY retries while creating the XSK */
+    uint64_t nic_rx_dropped;    /* lost before the engine saw them: the XSK's RX ring full
+                                   or no fill frame (XDP_STATISTICS), DPDK's imissed + ierrors
+                                   + rx_nombuf (what the PMD reports) */
 };
 
 /* One endpoint's share: what its ring received, lost to overflow or to its size. */

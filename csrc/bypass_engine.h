@@ -19,6 +19,7 @@ struct bp_ops {
     int (*poll)(struct bp_engine *e);       /* one RX and TX round: frames moved */
     void (*wait)(struct bp_engine *e, int timeout_us);  /* idle: until RX, tx_efd or timeout */
     void (*teardown)(struct bp_engine *e);
+    void (*stats)(struct bp_engine *e, struct bp_stats *out);  /* the driver's counters */
 };
 
 /* A datagram waiting for its destination's ARP reply. */

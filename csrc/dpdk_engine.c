@@ -260,7 +260,17 @@ static void dpdk_teardown(struct bp_engine *e)
     e->drv = NULL;
 }
 
-const struct bp_ops bp_dpdk_ops = {"dpdk", dpdk_setup, dpdk_poll, dpdk_wait, dpdk_teardown};
+/* What the PMD counts as lost on receive (its counters: reading them races benignly). */
+static void dpdk_stats(struct bp_engine *e, struct bp_stats *out)
+{
+    struct dpdk_drv *d = e->drv;
+    struct rte_eth_stats st;
+    if (d->started && rte_eth_stats_get(d->port, &st) == 0)
+        out->nic_rx_dropped = st.imissed + st.ierrors + st.rx_nombuf;
+}
+
+const struct bp_ops bp_dpdk_ops = {"dpdk", dpdk_setup, dpdk_poll, dpdk_wait, dpdk_teardown,
+                                   dpdk_stats};
 
 struct bp_engine *dpdk_engine_start(const struct bp_config *cfg, char *error)
 {

@@ -391,7 +391,19 @@ static void xsk_teardown(struct bp_engine *e)
     e->drv = NULL;
 }
 
-const struct bp_ops bp_xsk_ops = {"af_xdp", xsk_setup, xsk_poll, xsk_wait, xsk_teardown};
+/* Frames the kernel could not hand to the XSK: any thread may ask (a getsockopt). */
+static void xsk_stats(struct bp_engine *e, struct bp_stats *out)
+{
+    struct xsk_drv *d = e->drv;
+    struct xdp_statistics xs;
+    socklen_t len = sizeof xs;
+    memset(&xs, 0, sizeof xs);
+    if (d->xsk && getsockopt(d->fd, SOL_XDP, XDP_STATISTICS, &xs, &len) == 0)
+        out->nic_rx_dropped = xs.rx_dropped + xs.rx_ring_full + xs.rx_invalid_descs;
+}
+
+const struct bp_ops bp_xsk_ops = {"af_xdp", xsk_setup, xsk_poll, xsk_wait, xsk_teardown,
+                                  xsk_stats};
 
 struct bp_engine *xsk_engine_start(const struct bp_config *cfg, char *error)
 {

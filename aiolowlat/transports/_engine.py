@@ -283,6 +283,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         self._efd = lib.bp_eventfd(self._h, ep)
         self._poll_mode = engine.config.poll
         self._closing = self._reading = self._lost = False
+        self.truncated = 0  # datagrams longer than max_payload (a wider ring slot_size)
         self.set_protocol(protocol)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self.resume_reading)
@@ -358,17 +359,30 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def _collect(self, n, batch):
         if not n:
             return
-        lens, ips = ffi.unpack(self._lens, n), ffi.unpack(self._ips, n)
-        ports, stamps = ffi.unpack(self._ports, n), ffi.unpack(self._stamps, n)
-        view, slot, peers = self._view, self._slot, self._peers
-        for i in range(n):
-            key = (ips[i], ports[i])
-            addr = peers.get(key)
-            if addr is None:
-                if len(peers) > 4096:
-                    peers.clear()
-                addr = peers[key] = (str(ipaddress.IPv4Address(ips[i])), ports[i])
-            batch.append((view[i * slot:i * slot + lens[i]].tobytes(), addr, stamps[i]))
+        lens, stamps = ffi.unpack(self._lens, n), ffi.unpack(self._stamps, n)
+        ips, ports = ffi.unpack(self._ips, n), ffi.unpack(self._ports, n)
+        view, slot = self._view, self._slot
+        if ips.count(ips[0]) == n and ports.count(ports[0]) == n:  # one sender: the usual feed
+            addrs = [self._peer(ips[0], ports[0])] * n
+        else:
+            addrs = list(map(self._peer, ips, ports))
+        if min(lens) < 0:  # rare: longer than this endpoint's slot, dropped and counted
+            self.truncated += lens.count(-1)
+            batch.extend((view[i * slot:i * slot + lens[i]].tobytes(), addrs[i], stamps[i])
+                         for i in range(n) if lens[i] >= 0)
+            return
+        # Comprehensions over zip: the per-datagram work stays in C where it can.
+        datas = [view[at:at + length].tobytes()
+                 for at, length in zip(range(0, n * slot, slot), lens)]
+        batch.extend(zip(datas, addrs, stamps))
+
+    def _peer(self, ip, port):
+        addr = self._peers.get((ip, port))
+        if addr is None:
+            if len(self._peers) > 4096:
+                self._peers.clear()
+            addr = self._peers[(ip, port)] = (str(ipaddress.IPv4Address(ip)), port)
+        return addr
 
     # -- writing --
 
