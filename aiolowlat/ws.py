@@ -119,6 +119,8 @@ class WSTransport(asyncio.BufferedProtocol):
         self._frame = WSFrame()
         self.get_buffer = core.get_buffer  # the loop calls it per read: no extra frame
         self._on_frame = self._on_batch = self._batch_decode = None
+        # What C hands plain messages to: on_ws_frame(self, frame), or a queue's append.
+        self._fast_call = self._fast_arg = self._after_read = None
         self._pong_waiters: dict[bytes, tuple[asyncio.Future, int]] = {}
         self._keepalive: asyncio.Task | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -161,7 +163,8 @@ class WSTransport(asyncio.BufferedProtocol):
                 # A read's common case in one C call: scan, and each message to on_ws_frame.
                 start = _receive(
                     core._buf, core._start, core._end, core.frames_addr, SCAN_CAP,
-                    core.scan_addr, core.max_frame_size, core._flags, frame, self._on_frame, self,
+                    core.scan_addr, core.max_frame_size, core._flags, frame, self._fast_call,
+                    self._fast_arg,
                 )  # fmt: skip
                 if start >= 0:
                     core._start = start
@@ -171,6 +174,8 @@ class WSTransport(asyncio.BufferedProtocol):
                     self._read(rx_ns)
             else:
                 self._read(rx_ns)
+            if self._after_read is not None:
+                self._after_read(self)
             if core._out:
                 self._flush()
         except (ProtocolError, InvalidHandshake) as exc:
@@ -196,14 +201,16 @@ class WSTransport(asyncio.BufferedProtocol):
                         if core.scan_done():
                             continue
                         return
-            i = _dispatch(core._buf, core.frames_addr, 0, n, self._frame, self._on_frame, self)
+            i = _dispatch(
+                core._buf, core.frames_addr, 0, n, self._frame, self._fast_call, self._fast_arg
+            )
             if not self._finish_scan(n, i, rx_ns):
                 return
 
     def _finish_scan(self, n, i, rx_ns) -> bool:
         """Frames i.. of the last scan (control frames, fragments and compressed messages
         here, plain messages from C); True if another scan may find more."""
-        core, frame, on_frame = self.core, self._frame, self._on_frame
+        core, frame, call, arg = self.core, self._frame, self._fast_call, self._fast_arg
         while i < n:
             event = core.handle_frame(*core.frame_at(i))
             if event is not None:
@@ -211,7 +218,7 @@ class WSTransport(asyncio.BufferedProtocol):
                 if core.state is _CLOSED:  # nothing follows a close frame
                     core._start = core._end = 0
                     return False
-            i = _dispatch(core._buf, core.frames_addr, i + 1, n, frame, on_frame, self)
+            i = _dispatch(core._buf, core.frames_addr, i + 1, n, frame, call, arg)
         return core.scan_done()
 
     def _event(self, event, rx_ns):
@@ -238,6 +245,12 @@ class WSTransport(asyncio.BufferedProtocol):
     def _opened(self):
         self.listener = self._listener_factory()
         self._on_frame = self.listener.on_ws_frame
+        append = getattr(self.listener, "_append", None)  # _Queue: (message, rx_ns) tuples
+        if append is not None:
+            self._fast_call, self._fast_arg = append, None
+            self._after_read = self.listener.after_read
+        else:
+            self._fast_call, self._fast_arg = self._on_frame, self
         self._on_batch = self.listener.on_ws_batch
         decoder = getattr(self.listener, "batch_decoder", None)
         self._batch_decode = decoder.decode if decoder is not None else None
@@ -448,17 +461,22 @@ class _Queue(WSListener):
 
     def __init__(self):
         self.messages: deque = deque()
+        self._append = self.messages.append  # C appends a read's plain messages here
         self.waiter: asyncio.Future | None = None
         self.paused = False
 
-    def on_ws_frame(self, transport, frame):
+    def on_ws_frame(self, transport, frame):  # messages C did not take: deflated, fragmented
         opcode = frame.opcode
         if opcode == 1:
-            self.messages.append((str(frame.payload, "utf-8"), frame.rx_ns))
+            self._append((str(frame.payload, "utf-8"), frame.rx_ns))
         elif opcode == 2:
-            self.messages.append((bytes(frame.payload), frame.rx_ns))
+            self._append((bytes(frame.payload), frame.rx_ns))
         else:
             return
+        self.after_read(transport)
+
+    def after_read(self, transport):
+        """Wake recv(); stop reading while too many messages wait."""
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
         if len(self.messages) > self.HIGH and not self.paused:
@@ -527,6 +545,10 @@ class WebSocket:
         return self
 
     async def __anext__(self):
+        q = self._queue
+        if q.messages and not q.paused:  # recv()'s common case, without its coroutine
+            msg, self.rx_ns = q.messages.popleft()
+            return msg
         try:
             return await self.recv()
         except ConnectionClosedOK:

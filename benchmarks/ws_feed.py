@@ -140,19 +140,18 @@ async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False):
     pinger = Pinger(s.round_trips)
 
     class Echo(alws.WSListener):
-        def on_ws_frame(self, transport, frame):
+        def on_ws_frame(self, transport, frame):  # as picows_client's, line for line
             if frame.opcode == 1:
                 decode(frame.payload)
-                self.echoed(transport)
+                if pinger.echoed():
+                    pinger.sent = time.perf_counter_ns()
+                    transport.send(1, pinger.payload.encode())
 
         def on_ws_batch(self, transport, trades, rx_ns):
             for _ in trades:
-                self.echoed(transport)
-
-        def echoed(self, transport):
-            if pinger.echoed():
-                pinger.sent = time.perf_counter_ns()
-                transport.send(1, pinger.payload.encode())
+                if pinger.echoed():
+                    pinger.sent = time.perf_counter_ns()
+                    transport.send(1, pinger.payload.encode())
 
     Echo.batch_decoder = batch_decoder
 

@@ -352,13 +352,17 @@ static PyTypeObject WSFrameType = {
     .tp_methods = frame_methods,
 };
 
-/* Hand plain messages i, i+1, ... of frames[0:n] (in data[0:size]) to on_frame(transport,
- * frame); returns the index of the first one not taken, or -1 with an exception set. */
+/* Hand plain messages i, i+1, ... of frames[0:n] (in buf) to on_frame(transport, frame);
+ * or, when transport is None, to on_frame((text or bytes, frame.rx_ns)) (a queue's append:
+ * the websockets-style recv()). Returns the index of the first one not taken, or -1 with
+ * an exception set. */
 static Py_ssize_t dispatch_frames(PyObject *buf, const uint64_t *frames, Py_ssize_t i,
                                   Py_ssize_t n, WSFrameObject *f, PyObject *on_frame,
                                   PyObject *transport)
 {
     PyObject *call_args[2] = {transport, (PyObject *)f};
+    PyObject *rx_ns = NULL;
+    int queue = transport == Py_None;
     for (; i < n; i++) {
         uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
         uint8_t kind = (uint8_t)meta;
@@ -366,18 +370,38 @@ static Py_ssize_t dispatch_frames(PyObject *buf, const uint64_t *frames, Py_ssiz
         /* bounds checked per frame: the arrays come from Python, a crash must not */
         if ((meta >> 8) + size > (uint64_t)PyByteArray_GET_SIZE(buf)) {
             PyErr_SetString(PyExc_ValueError, "frame outside the receive buffer");
-            return -1;
+            goto error;
         }
-        PyObject *payload =
-            PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + (meta >> 8), (Py_ssize_t)size);
-        if (payload == NULL) return -1;
-        f->opcode = kind & 15;
-        Py_XSETREF(f->payload, payload);
-        PyObject *r = PyObject_Vectorcall(on_frame, call_args, 2, NULL);
-        if (r == NULL) return -1;
+        const char *data = PyByteArray_AS_STRING(buf) + (meta >> 8);
+        PyObject *r;
+        if (queue) { /* text was UTF-8 checked by the scan */
+            PyObject *msg = kind & 2 ? PyBytes_FromStringAndSize(data, (Py_ssize_t)size)
+                                     : PyUnicode_DecodeUTF8(data, (Py_ssize_t)size, NULL);
+            if (msg == NULL) goto error;
+            if (rx_ns == NULL && (rx_ns = PyLong_FromLongLong(f->rx_ns)) == NULL) {
+                Py_DECREF(msg);
+                goto error;
+            }
+            PyObject *item = PyTuple_Pack(2, msg, rx_ns);
+            Py_DECREF(msg);
+            if (item == NULL) goto error;
+            r = PyObject_CallOneArg(on_frame, item);
+            Py_DECREF(item);
+        } else {
+            PyObject *payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
+            if (payload == NULL) goto error;
+            f->opcode = kind & 15;
+            Py_XSETREF(f->payload, payload);
+            r = PyObject_Vectorcall(on_frame, call_args, 2, NULL);
+        }
+        if (r == NULL) goto error;
         Py_DECREF(r);
     }
+    Py_XDECREF(rx_ns);
     return i;
+error:
+    Py_XDECREF(rx_ns);
+    return -1;
 }
 
 /* dispatch(buf, frames_addr, i, n, frame, on_frame, transport) -> int: calls
