@@ -5,7 +5,9 @@
         engine=EngineConfig(interface="eth1", local_ip="10.0.0.5", core=1, busy_poll=True))
 
 The XSK takes every packet of its queue, ARP included: the engine answers ARP for
-local_ip and resolves destinations itself. A leftover libxdp program from a process
+local_ip and resolves destinations itself. Every endpoint opened on the same interface
+and queue (a feed's A and B lines, its request socket) shares that one engine and
+core; each gets the datagrams for its (address or group, port). A leftover libxdp program from a process
 that died is detached at start; stop detaches ours.
 """
 

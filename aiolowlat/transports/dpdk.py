@@ -9,6 +9,7 @@ and the vdev "net_af_packet,iface=<interface>,framecnt=4096" (net_af_xdp, net_ta
 way through EngineConfig.vdev). DPDK's EAL is initialised once per process, by the
 first engine, with its eal_args; each engine then hot-plugs and removes its own port,
 so engines start and stop freely, but later engines cannot change the EAL arguments.
+As with af_xdp, endpoints on the same interface and queue share one engine and port.
 """
 
 from __future__ import annotations
