@@ -73,3 +73,15 @@ def test_demo_runs_the_strategy_on_the_simulators_and_stops():
     for venue in ("binance", "coinbase", "bybit", "okx", "kraken"):
         assert venue in out
     assert "strategy: bid" in out and "orders sent" in out and "done in" in out
+
+
+def test_bench_runs_a_benchmark_and_writes_its_table_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    result = aiolowlat("bench", "--quick", "--only", "fix_codec", "--out", str(out),
+                       timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[1/1] fix_codec" in result.stdout  # progress
+    rows = (out / "fix_codec.jsonl").read_text().splitlines()
+    assert rows and all(row.startswith('{"bench": "fix_codec"') for row in rows)
+    assert "simplefix" in (out / "fix_codec.txt").read_text()
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
