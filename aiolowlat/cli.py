@@ -50,8 +50,8 @@ def _sim(args) -> int:
     if args.which != "all":
         return _module_main(SIMULATORS[args.which], args.rest)
     # All of them, each its own process, stopped together.
-    procs = [subprocess.Popen([sys.executable, "-m", module, *args.rest])
-             for module in SIMULATORS.values()]
+    procs = [subprocess.Popen([sys.executable, "-m", "aiolowlat", "sim", name, *args.rest])
+             for name in SIMULATORS]
     try:
         return max(proc.wait() for proc in procs)
     except KeyboardInterrupt:

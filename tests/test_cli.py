@@ -49,6 +49,16 @@ def test_sim_itch_stops_by_itself():
     assert "session" in result.stdout
 
 
+def test_sim_all_runs_every_simulator_on_loopback_and_stops():
+    result = aiolowlat("sim", "all", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "FIX exchange EXCH on 127.0.0.1:" in out
+    assert "exchange simulator on wss://127.0.0.1:" in out
+    assert "A_sent=" in out and "send_errors=0" in out
+    assert "RuntimeWarning" not in result.stderr
+
+
 def test_unknown_command_is_a_usage_error():
     result = aiolowlat("fly")
     assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -5,8 +5,11 @@ Each line sends the feed's packets in the order its LineImpairment schedule give
 (loss, reordering, duplication, seeded by the feed's seed), paced by the loop's clock at
 a message rate. Works on any loop; destinations may be unicast or multicast.
 
+    python -m aiolowlat.sim.itch_publisher --seconds 10   # 127.0.0.1:30001/30002, requests :30003
     python -m aiolowlat.sim.itch_publisher --group-a 239.1.1.1:30001 \
-        --group-b 239.1.1.2:30002 --request-port 30003 --rate 50000 --seconds 10 --seed 1
+        --group-b 239.1.1.2:30002 --interface eth1 --request-host 0.0.0.0 --seconds 10
+
+Its defaults stay on loopback: multicast leaves on ``--interface`` only when asked.
 """
 
 from __future__ import annotations
@@ -270,9 +273,10 @@ async def _main(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group-a", default="239.1.1.1:30001", help="line A HOST:PORT")
-    parser.add_argument("--group-b", default="239.1.1.2:30002", help="line B HOST:PORT")
-    parser.add_argument("--request-host", default="0.0.0.0")
+    parser.add_argument("--group-a", default="127.0.0.1:30001",
+                        help="line A HOST:PORT (a multicast group, or unicast)")
+    parser.add_argument("--group-b", default="127.0.0.1:30002", help="line B HOST:PORT")
+    parser.add_argument("--request-host", default="127.0.0.1")
     parser.add_argument("--request-port", type=int, default=30003, help="0: no server")
     parser.add_argument("--interface", default=None, help="multicast interface (name or IPv4)")
     parser.add_argument("--ttl", type=int, default=1)
