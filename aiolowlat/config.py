@@ -224,6 +224,19 @@ def _choices(key: str, fields: bool = False) -> list[str]:
     return [repr(v) for v in typing.get_args(kind)] if typing.get_origin(kind) is Literal else []
 
 
+def add_arguments(parser) -> None:
+    """``--config FILE`` and repeatable ``--set key.path=value`` on an argparse parser."""
+    parser.add_argument("--config", default=None, help="a strategy TOML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="overrides", help="override a setting, e.g. "
+                        "--set feeds.itch.transport=uring (repeatable)")
+
+
+def from_args(args) -> Settings:
+    """The settings ``add_arguments``' options name: file, environment, then --set."""
+    return load(args.config, overrides=args.overrides)
+
+
 def loop_factory(settings: Settings):
     """A callable making the event loop ``settings.loop`` names."""
     if settings.loop == "uvloop":

@@ -9,6 +9,8 @@ A_HOST:PORT,B_HOST:PORT,REQUEST_HOST:PORT`` reads an external publisher.
 
     python examples/itch_multicast_vwap.py --seconds 10
     python examples/itch_multicast_vwap.py --config examples/strategy.toml --seconds 10
+    python examples/itch_multicast_vwap.py --config examples/strategy.toml \
+        --set feeds.itch.transport=kernel --set loop=uvloop --seconds 10
     python -m aiolowlat.sim.itch_publisher --group-a 127.0.0.1:30001 \
         --group-b 127.0.0.1:30002 --request-port 30003 &
     python examples/itch_multicast_vwap.py --feed 127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003
@@ -159,13 +161,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loss", type=float, default=0.01, help="simulator loss per line")
     parser.add_argument("--reorder", type=float, default=0.01)
-    parser.add_argument("--config", default=None,
-                        help="a strategy TOML file: loop, tuning and the [feeds.itch] lines "
-                             "and transport (see examples/strategy.toml)")
+    # --config FILE (loop, tuning, the [feeds.itch] lines and transport: see
+    # examples/strategy.toml) and --set key=value overrides
+    aiolowlat.config.add_arguments(parser)
     args = parser.parse_args()
     args.settings = None
     if args.config is not None:
-        args.settings = aiolowlat.config.load(args.config)
+        try:
+            args.settings = aiolowlat.config.from_args(args)
+        except aiolowlat.config.ConfigError as exc:
+            parser.error(str(exc))
         if "itch" not in args.settings.feeds:
             parser.error(f"{args.config} has no [feeds.itch] section")
         with contextlib.suppress(KeyboardInterrupt):

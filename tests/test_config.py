@@ -191,3 +191,21 @@ def test_run_serves_the_metrics_and_logs_the_config_asks_for(tmp_path, capfd):
     assert "aiolowlat_ring_" in scraped  # the loop's own counters
     err = capfd.readouterr()
     assert '"event":"metrics"' in err.err and '"orders_sent_total":3' in err.err  # JSON summary
+
+
+def test_the_example_takes_command_line_overrides_and_names_a_bad_one():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, os.path.join(root, "examples", "itch_multicast_vwap.py"),
+               "--config", os.path.join(root, "examples", "strategy.toml"), "--seconds", "1"]
+    env = dict(os.environ, AIOLOWLAT_LOOP="uvloop")  # the command line beats the environment
+    result = subprocess.run([*command, "--set", "feeds.itch.transport=kernel", "--set",
+                             "loop=asyncio"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "loop=asyncio.unix_events transport=kernel" in result.stdout
+    bad = subprocess.run([*command, "--set", "feeds.itch.rcvbuf=lots"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "feeds.itch.rcvbuf: expected int, got str" in bad.stderr
