@@ -72,9 +72,16 @@ int al_recv_batch(int fd, unsigned char *buf, unsigned slot, int max, int32_t *l
     int n = recvmmsg(fd, msgs, (unsigned)max, MSG_DONTWAIT, NULL);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    size_t packed = 0;
     for (int i = 0; i < n; i++) {
         const struct msghdr *h = &msgs[i].msg_hdr;
         lens[i] = (h->msg_flags & MSG_TRUNC) ? -(int32_t)msgs[i].msg_len : (int32_t)msgs[i].msg_len;
+        /* Back to back from buf[0], so the caller copies the batch out in one piece
+         * and slices it (a truncated datagram keeps what the slot held). */
+        size_t kept = msgs[i].msg_len < slot ? msgs[i].msg_len : slot;
+        if (packed != (size_t)i * slot)
+            memmove(buf + packed, buf + (size_t)i * slot, kept);
+        packed += kept;
         stamps[i] = al_rx_time_or_now(h->msg_control, h->msg_controllen);
         /* A feed has one sender: 0 says "as the previous datagram", so the caller
          * decodes an address once per batch rather than once per datagram. */

@@ -75,6 +75,25 @@ def test_batches_carry_kernel_receive_times(loop):
     run(loop, main())
 
 
+def test_kernel_batches_keep_empty_datagrams_and_drop_oversized_ones(loop):
+    sizes = [10, 0, 3000, 2048, 1, 2049, 20]  # the kernel transport's slots hold 2048 bytes
+
+    async def main():
+        tr, proto = await open_datagram_endpoint(lambda: Batches(5), transport="kernel",
+                                                 local_addr=("127.0.0.1", 0), rcvbuf=1 << 20)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i, size in enumerate(sizes):  # queued before the loop reads: one batch
+                tx.sendto(bytes([i]) * size, tr.get_extra_info("sockname"))
+            await asyncio.wait_for(proto.done.wait(), 5)
+            await asyncio.sleep(0.05)
+        tr.close()
+        return [data for data, _, _ in proto.flat()], tr.truncated
+
+    got, truncated = run(loop, main())
+    assert got == [bytes([i]) * size for i, size in enumerate(sizes) if size <= 2048]
+    assert truncated == 2
+
+
 def test_plain_datagram_protocol_and_sendto(loop):
     async def main():
         for kind in _each_transport(loop):

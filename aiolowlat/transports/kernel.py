@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 from asyncio import transports
+from itertools import accumulate
 
 from .._datagram import NAME_SPACE, call_protocol, unpack_sockaddr
 from .._native import ffi, lib
@@ -82,19 +83,18 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def _collect(self, n, batch):
         lens = ffi.unpack(self._lens, n)
         stamps = ffi.unpack(self._stamps, n)
-        namelens = ffi.unpack(self._namelens, n)
-        view, slot = self._view, self._slot
-        if min(lens) < 0:  # rare: drop and count what a slot could not hold
+        addrs = self._addrs(ffi.unpack(self._namelens, n))
+        # The datagrams lie back to back (al_recv_batch packs them): one copy out of
+        # the buffer, then a slice each, in comprehensions.
+        sizes = lens
+        if min(lens) < 0:  # rare: a datagram longer than a slot fills it, and is dropped
             self.truncated += sum(1 for length in lens if length < 0)
-            kept = [i for i in range(n) if lens[i] >= 0]
-            addrs = self._addrs(namelens)
-            batch.extend((view[i * slot:i * slot + lens[i]].tobytes(), addrs[i], stamps[i])
-                         for i in kept)
-            return
-        # Comprehensions over zip: the per-datagram work stays in C where it can.
-        datas = [view[at:at + length].tobytes()
-                 for at, length in zip(range(0, n * slot, slot), lens)]
-        batch.extend(zip(datas, self._addrs(namelens), stamps))
+            sizes = [length if length >= 0 else self._slot for length in lens]
+        ends = list(accumulate(sizes))
+        whole = self._view[:ends[-1]].tobytes()
+        batch.extend([(whole[end - size:end], addr, stamp)
+                      for end, size, addr, stamp, length in zip(ends, sizes, addrs, stamps, lens)
+                      if length >= 0])
 
     def _addrs(self, namelens):
         """Source address per datagram; a namelen of 0 repeats the previous one."""
