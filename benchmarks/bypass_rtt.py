@@ -101,7 +101,8 @@ async def serve(case: str, iface: str, seconds: float):
     await asyncio.sleep(0.05)
     rate = echo.count / (echo.last - echo.first) if echo.last > echo.first else 0.0
     print(json.dumps({"received": echo.count, "msgs_per_s": rate,
-                      "rx_ring_full": stats.get("rx_ring_full", 0)}), flush=True)
+                      "rx_ring_full": stats.get("rx_ring_full", 0),
+                      "nic_rx_dropped": stats.get("nic_rx_dropped", 0)}), flush=True)
 
 
 def serve_main(case, iface, seconds):
@@ -169,7 +170,10 @@ def run_case(pair, case, client, round_trips, flood):
     if sent is not None:
         received = served.get("received", 0)
         rtt["flood"] = {"sent": sent["sent"], "received": received,
-                        "msgs_per_s": served.get("msgs_per_s", 0.0)}
+                        "msgs_per_s": served.get("msgs_per_s", 0.0),
+                        # where an engine's losses were counted (none for kernel sockets)
+                        "rx_ring_full": served.get("rx_ring_full", 0),
+                        "nic_rx_dropped": served.get("nic_rx_dropped", 0)}
     return rtt
 
 
@@ -229,7 +233,9 @@ def main(argv=None) -> int:
             frow = {"bench": "bypass_rtt", "case": f"udp_flood_64/{case}", "impl": impl,
                     "loop": loop_kind,
                     "msgs_per_s": statistics.median(f["msgs_per_s"] for f in floods),
-                    "sent": floods[-1]["sent"], "received": floods[-1]["received"]}
+                    "sent": floods[-1]["sent"], "received": floods[-1]["received"],
+                    "rx_ring_full": floods[-1]["rx_ring_full"],
+                    "nic_rx_dropped": floods[-1]["nic_rx_dropped"]}
             rows.append(frow)
             print(json.dumps(frow))
     floor = next((r for r in rows if r["case"] == "udp_pingpong_64/c_floor"), None)
