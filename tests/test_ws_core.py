@@ -479,3 +479,117 @@ def test_random_handshake_bytes_give_events_or_typed_errors(data):
         proto.receive_data(data)
     except (InvalidHandshake, ProtocolError):
         pass
+
+
+# --- the per-message path in C (aiolowlat._native._ws_py) ----------------------------------
+
+from aiolowlat.protocols.websocket import _py  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70_000])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_c_frame_is_a_masked_frame_of_any_size(size, kind):
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    data = _py.frame(0x82, kind(payload))
+    assert type(data) is bytes
+    assert unmask_frames(data) == [(0x82, payload)]
+
+
+def test_c_frame_refuses_what_is_not_bytes():
+    with pytest.raises(TypeError):
+        _py.frame(0x81, "text")
+    with pytest.raises(TypeError):
+        _py.frame(0x81)
+
+
+def test_wsframe_fields_and_payload_accessors():
+    from aiolowlat.ws import WSFrame
+
+    f = WSFrame(1, "héllo".encode(), 42)
+    assert (f.opcode, f.fin, f.rx_ns, f.close_code, f.close_reason) == (1, True, 42, None, "")
+    assert f.get_payload_as_bytes() == "héllo".encode()
+    assert f.get_payload_as_utf8_text() == "héllo"
+    assert bytes(f.get_payload_as_memoryview()) == "héllo".encode()
+    with pytest.raises(UnicodeDecodeError):
+        f.get_payload_as_ascii_text()
+    f.opcode, f.payload, f.close_code = 8, bytearray(b"ab"), 1000
+    assert f.get_payload_as_bytes() == b"ab" and f.close_code == 1000
+    assert repr(f) == "WSFrame(opcode=8, size=2, rx_ns=42)"
+    assert WSFrame().payload == b""
+
+
+def scanned(proto, data: bytes) -> int:
+    room = proto.get_buffer()
+    room[: len(data)] = data
+    proto.commit(len(data))
+    return proto.scan()
+
+
+def test_c_receive_takes_plain_messages_and_stops_at_the_rest():
+    proto = open_client()
+    got = []
+    wsf = _py.WSFrame()
+
+    def on_frame(transport, f):
+        assert transport == "t" and f is wsf
+        got.append((f.opcode, f.payload))
+
+    data = frame(1, b"a") + frame(2, b"\x00b") + frame(9, b"p") + frame(1, b"c")
+    room = proto.get_buffer()
+    room[: len(data)] = data
+    proto.commit(len(data))
+    start = _py.receive(
+        proto._buf, proto._start, proto._end, proto.frames_addr, 1024, proto.scan_addr,
+        2**20, 2, wsf, on_frame, "t",
+    )  # fmt: skip
+    assert start == -1  # the ping is not a plain message: the caller's general path
+    assert got == [(1, b"a"), (2, b"\x00b")]
+    assert proto.receive_stopped() == (4, 2)
+    assert proto.frame_at(2)[0] & 255 == 0x89
+    assert _py.dispatch(proto._buf, proto.frames_addr, 3, 4, wsf, on_frame, "t") == 4
+    assert got[-1] == (1, b"c")
+    assert proto._start == proto._end  # every frame consumed
+
+
+def test_c_receive_queue_mode_gives_text_and_bytes_with_rx_ns():
+    proto = open_client()
+    queue = []
+    data = frame(1, "é".encode()) + frame(2, b"\xff") + frame(1, b"partial")[:-2]
+    room = proto.get_buffer()
+    room[: len(data)] = data
+    proto.commit(len(data))
+    f = _py.WSFrame(0, b"", 7)
+    start = _py.receive(proto._buf, proto._start, proto._end, proto.frames_addr, 1024,
+                        proto.scan_addr, 2**20, 2, f, queue.append, None)  # fmt: skip
+    assert queue == [("é", 7), (b"\xff", 7)]
+    assert start == len(data) - len(frame(1, b"partial")) + 2  # the partial frame waits
+
+
+def test_c_dispatch_and_receive_refuse_bad_arguments():
+    proto = open_client()
+    scanned(proto, frame(1, b"x"))
+    f = _py.WSFrame()
+    with pytest.raises(TypeError):
+        _py.dispatch(bytes(proto._buf), proto.frames_addr, 0, 1, f, print, None)
+    with pytest.raises(TypeError):
+        _py.dispatch(proto._buf, proto.frames_addr, 0, 1, object(), print, None)
+    with pytest.raises(ValueError, match="outside the receive buffer"):
+        _py.dispatch(bytearray(2), proto.frames_addr, 0, 1, f, print, None)
+    for start, end, cap in [(-1, 0, 8), (5, 4, 8), (0, len(proto._buf) + 1, 8), (0, 0, 0)]:
+        with pytest.raises(ValueError):
+            _py.receive(proto._buf, start, end, proto.frames_addr, cap, proto.scan_addr,
+                        2**20, 2, f, print, None)  # fmt: skip
+
+
+def test_c_dispatch_passes_the_callbacks_exception():
+    proto = open_client()
+    scanned(proto, frame(1, b"x") + frame(1, b"y"))
+    seen = []
+
+    def boom(transport, f):
+        seen.append(f.payload)
+        raise KeyError("listener bug")
+
+    with pytest.raises(KeyError):
+        _py.dispatch(proto._buf, proto.frames_addr, 0, 2, _py.WSFrame(), boom, "t")
+    assert seen == [b"x"]
