@@ -21,6 +21,7 @@ keep), called from C for every message of a read after one C scan of the whole r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -415,10 +416,24 @@ def _client_ssl(secure: bool, ssl):
     return ssl
 
 
+def _create_connection(loop, fastnet: bool | None):
+    """The loop's create_connection, or aiofastnet's (C socket transports and OpenSSL driven
+    directly, as picows uses by default) with fastnet=True, or None: if installed."""
+    if fastnet is False:
+        return loop.create_connection
+    try:
+        import aiofastnet
+    except ImportError:
+        if fastnet:
+            raise ImportError("fastnet=True needs aiofastnet: pip install aiofastnet") from None
+        return loop.create_connection
+    return functools.partial(aiofastnet.create_connection, loop)
+
+
 async def _open(listener_factory, url: str, *, ssl=None, server_hostname=None,
                 compression=None, max_size=2**20, max_frame_size=None, ping_interval=20.0,
                 ping_timeout=20.0, open_timeout=10.0, close_timeout=10.0, extra_headers=None,
-                subprotocols=None, **conn_kwargs) -> WSTransport:  # fmt: skip
+                subprotocols=None, fastnet=False, **conn_kwargs) -> WSTransport:  # fmt: skip
     secure, host, port, resource, host_header = _parse_url(url)
     core = ClientProtocol(
         host_header, resource, subprotocols=subprotocols, extra_headers=extra_headers,
@@ -431,7 +446,8 @@ async def _open(listener_factory, url: str, *, ssl=None, server_hostname=None,
     proto = WSTransport(core, listener_factory, ping_interval=ping_interval,
                         ping_timeout=ping_timeout, close_timeout=close_timeout)  # fmt: skip
     async with asyncio.timeout(open_timeout):
-        await loop.create_connection(lambda: proto, host, port, ssl=ssl_ctx, **conn_kwargs)
+        create_connection = _create_connection(loop, fastnet)
+        await create_connection(lambda: proto, host, port, ssl=ssl_ctx, **conn_kwargs)
         try:
             await proto.handshake
         except BaseException:

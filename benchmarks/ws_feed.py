@@ -37,7 +37,10 @@ import msgspec
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ws_feed_server  # noqa: E402
 
-IMPLS = ("aiolowlat", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std", "aiohttp", "websockets")
+IMPLS = (
+    "aiolowlat", "aiolowlat-fastnet", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std",
+    "aiohttp", "websockets",
+)  # fmt: skip
 LOOPS = ("asyncio", "uvloop", "aiolowlat")
 CASES = ("feed_ws", "feed_wss", "rtt_ws", "rtt_wss")
 
@@ -112,7 +115,7 @@ class Pinger:
         return True
 
 
-async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False):
+async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False, fastnet=False):
     """on_ws_frame per message, as picows; with batch=True, a read's messages in one call."""
     import aiolowlat.ws as alws
 
@@ -132,7 +135,9 @@ async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False):
 
         Feed.batch_decoder = batch_decoder
 
-        transport, _ = await alws.ws_connect(Feed, url, ssl=ssl_ctx, max_size=None)
+        transport, _ = await alws.ws_connect(
+            Feed, url, ssl=ssl_ctx, max_size=None, fastnet=fastnet
+        )
         try:
             return await counter.done
         finally:
@@ -155,7 +160,7 @@ async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False):
 
     Echo.batch_decoder = batch_decoder
 
-    transport, _ = await alws.ws_connect(Echo, url, ssl=ssl_ctx)
+    transport, _ = await alws.ws_connect(Echo, url, ssl=ssl_ctx, fastnet=fastnet)
     try:
         pinger.sent = time.perf_counter_ns()
         transport.send(1, pinger.payload.encode())
@@ -253,6 +258,8 @@ async def picows_client(url, ssl_ctx, mode, s: Settings, **kw):
 CLIENTS = {
     "aiolowlat": aiolowlat_client,
     "aiolowlat-batch": functools.partial(aiolowlat_client, batch=True),
+    # on aiofastnet's transports, as picows runs by default
+    "aiolowlat-fastnet": functools.partial(aiolowlat_client, fastnet=True),
     "aiolowlat-recv": aiolowlat_recv_client,
     "picows": picows_client,
     # picows on the loop's own transports (and asyncio's ssl), as aiolowlat runs

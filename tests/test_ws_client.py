@@ -480,3 +480,95 @@ def test_bad_urls_and_options():
             await ws.connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
 
     asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_callback_style_keeps_order_across_plain_and_other_frames(loop):
+    """Plain messages go to on_ws_frame from C, pings and fragments from Python: one order."""
+    sent = [f"m{i}" if i % 3 else f"b{i}".encode() for i in range(3000)]
+
+    async def handler(conn):
+        for i, msg in enumerate(sent):
+            if i % 500 == 250:
+                await conn.ping(b"p%d" % i)
+            if i % 700 == 350:
+                await conn.send(iter([msg[:1], msg[1:]]))  # two frames
+            else:
+                await conn.send(msg)
+        await conn.wait_closed()
+
+    class Listener(ws.WSListener):
+        def __init__(self):
+            self.got, self.pings = [], 0
+            self.done = asyncio.get_running_loop().create_future()
+
+        def on_ws_frame(self, transport, frame):
+            if frame.opcode == ws.Opcode.PING:
+                self.pings += 1
+            elif frame.opcode in (ws.Opcode.TEXT, ws.Opcode.BINARY):
+                payload = frame.payload  # bytes: kept after the call
+                self.got.append(payload.decode() if frame.opcode == 1 else payload)
+                if len(self.got) == len(sent):
+                    self.done.set_result(None)
+
+    async def main():
+        server, port = await start(handler)
+        try:
+            transport, listener = await ws.ws_connect(Listener, f"ws://127.0.0.1:{port}/")
+            await asyncio.wait_for(listener.done, 10)
+            transport.send_close()
+            await asyncio.wait_for(transport.wait_disconnected(), 5)
+        finally:
+            await stop(server)
+        assert listener.got == sent
+        assert listener.pings == 6
+
+    run(loop, main())
+
+
+def test_recv_queue_pauses_and_resumes_reading(loop):
+    """A burst past the queue's high mark pauses reading; recv() drains it, all in order."""
+    count = 3 * ws._Queue.HIGH
+
+    async def handler(conn):
+        for i in range(count):
+            await conn.send(f"{i}")
+        await conn.wait_closed()
+
+    async def main():
+        server, port = await start(handler)
+        try:
+            async with ws.connect(f"ws://127.0.0.1:{port}/") as conn:
+                await asyncio.sleep(0.2)  # let the burst arrive
+                paused = conn._queue.paused
+                got = [int(await conn.recv()) for _ in range(count)]
+                assert got == list(range(count))
+                assert not conn._queue.paused
+        finally:
+            await stop(server)
+        assert paused
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_fastnet_transports(loop, secure, server_ssl, client_ssl):
+    """fastnet=True: aiofastnet's transports (as picows uses) with the same client above."""
+
+    async def main():
+        server, port = await start(echo, ssl=server_ssl if secure else None)
+        try:
+            url = f"wss://localhost:{port}/" if secure else f"ws://127.0.0.1:{port}/"
+            kw = {"ssl": client_ssl} if secure else {}
+            async with ws.connect(url, fastnet=True, **kw) as conn:
+                assert type(conn.transport).__module__.startswith("aiofastnet")
+                for msg in ("héllo", b"\x00" * 100_000):
+                    await conn.send(msg)
+                    assert await conn.recv() == msg
+            assert conn.close_code == 1000
+            if secure:
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await ws.connect(url, fastnet=True)  # the test CA is not trusted
+        finally:
+            await stop(server)
+
+    run(loop, main())
