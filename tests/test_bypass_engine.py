@@ -314,6 +314,25 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
     run(loop, main())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_engines_endpoint_and_group_limits_are_errors(hosts, kind):
+    engine = Engine(kind, config(hosts), ENGINE_IP)
+    try:
+        with pytest.raises(ValueError, match="not an IPv4 multicast group"):
+            engine.open(ENGINE_IP, PORT, ["192.0.2.99"])
+        with pytest.raises(OSError, match="groups per endpoint"):
+            engine.open(ENGINE_IP, PORT, [f"239.8.0.{i}" for i in range(9)])
+        for i in range(16):
+            engine.open(ENGINE_IP, PORT + i)
+        with pytest.raises(OSError, match="at most 16 endpoints") as full:
+            engine.open(ENGINE_IP, PORT + 16)
+        assert full.value.errno == errno.ENOSPC
+        engine.close_endpoint(3)
+        assert engine.open(GROUP, PORT, [GROUP]) == 3  # a freed slot is reused
+    finally:
+        engine.stop()
+
+
 def _rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
@@ -502,6 +521,8 @@ def test_an_oversized_datagram_is_an_error_not_a_crash(loop, hosts, kind):
         tr, _ = await open_datagram_endpoint(Errors, transport=kind, local_addr=(ENGINE_IP, PORT),
                                              engine=config(hosts))
         tr.sendto(bytes(tr.get_extra_info("engine").max_payload + 1), (hosts.addr_b, 9))
+        with pytest.raises(ValueError, match="no remote_addr"):
+            tr.sendto(b"where to?")
         tr.close()
         await asyncio.sleep(0.01)
         assert [e.errno for e in errors] == [errno.EMSGSIZE]
