@@ -333,6 +333,26 @@ def test_an_engines_endpoint_and_group_limits_are_errors(hosts, kind):
         engine.stop()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_stopping_the_engine_closes_its_endpoints(loop, hosts, kind):
+    async def main():
+        lost = asyncio.Event()
+
+        class Watch(asyncio.DatagramProtocol):
+            def connection_lost(self, exc):
+                lost.set()
+
+        tr, _ = await open_datagram_endpoint(Watch, transport=kind, local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts))
+        tr.get_extra_info("engine").stop()
+        assert tr.is_closing()
+        tr.sendto(b"after stop", (hosts.addr_b, 9))  # dropped, no crash
+        await asyncio.wait_for(lost.wait(), 5)
+        assert not xdp_attached(hosts)
+
+    run(loop, main())
+
+
 def _rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))

@@ -137,6 +137,7 @@ class Engine:
         self.local_ip = str(ipaddress.IPv4Address(ip[0]))
         self.max_payload = lib.bp_max_payload(handle)
         self.endpoints: set[int] = set()
+        self._transports: set = set()  # open EngineDatagramTransports: closed by stop()
         self._poller = _Poller(self)
 
     @property
@@ -188,6 +189,11 @@ class Engine:
         """Stop the thread; release the queue, XDP program or DPDK port, and memory."""
         handle, self._handle = self._handle, None
         if handle is not None:
+            for transport in list(self._transports):  # while their eventfds still exist
+                try:
+                    transport.close()
+                except RuntimeError:  # its loop is closed: nothing left to tell
+                    pass
             self._poller.cancel()
             self.endpoints.clear()
             for key, engine in list(_SHARED.items()):
@@ -244,14 +250,16 @@ class _Poller:
         if budget:
             lib.bp_spin(engine._handle, budget)
         if engine.config.threaded:
-            for transport in transports:
-                transport._drain()
+            for transport in transports[:]:  # a callback may close one of them
+                if transport._reading:
+                    transport._drain()
         else:
             h = engine._handle
             lib.bp_poll(h)
             moved = 0
             for transport in transports[:]:
-                moved += transport._drain()
+                if transport._reading:
+                    moved += transport._drain()
             if moved and engine._handle is not None:
                 lib.bp_poll(h)  # answers sent from the callbacks leave now, not next iteration
         if self._transports and engine._handle is not None:
@@ -285,6 +293,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         self._poll_mode = engine.config.poll
         self._closing = self._reading = self._lost = False
         self.truncated = 0  # datagrams longer than max_payload (a wider ring slot_size)
+        engine._transports.add(self)
         self.set_protocol(protocol)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self.resume_reading)
@@ -335,11 +344,14 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
 
     def _rearm(self):
         # Arm, and drain once more if a datagram slipped in before the arm was seen.
-        while self._reading and lib.bp_arm(self._h, self._ep):
+        while self._reading and self._engine._handle is not None and \
+                lib.bp_arm(self._h, self._ep):
             if not self._drain():
                 break
 
     def _drain(self) -> int:
+        if self._engine._handle is None:  # Engine.stop() under open endpoints: nothing more
+            return 0
         batch = []
         total = 0
         for _ in range(_ROUNDS):
@@ -392,7 +404,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             addr = self._remote
             if addr is None:
                 raise ValueError("this endpoint has no remote_addr: sendto needs addr")
-        if self._closing:
+        if self._closing or self._engine._handle is None:
             return
         packed = self._packed.get(addr)
         if packed is None:
@@ -424,6 +436,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         try:
             self._protocol.connection_lost(None)
         finally:
+            self._engine._transports.discard(self)
             _release(self._engine, self._ep)
 
 
