@@ -155,14 +155,19 @@ static int dpdk_setup(struct bp_engine *e)
     if (!d)
         return bp_fail(e, "out of memory");
     e->drv = d;
+    /* rte_eal_init pins the calling thread to its main lcore (core 0 when none is asked):
+     * pin it where asked, else give it back the CPUs it had (core 0 may be another
+     * busy thread's, as the ping-pong client's in benchmarks/bypass_rtt.py). */
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (e->cfg.core >= 0)
+        CPU_SET(e->cfg.core, &set);
+    else if (pthread_getaffinity_np(pthread_self(), sizeof set, &set))
+        CPU_ZERO(&set);
     if (init_eal(e))
         goto fail;
-    if (e->cfg.core >= 0) {  /* rte_eal_init pinned this thread: pin it where asked */
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(e->cfg.core, &set);
+    if (CPU_COUNT(&set))
         pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    }
     if (probe_port(e, d) || start_port(e, d))
         goto fail;
     uint8_t mac[6] = {0}, zero[6] = {0};
