@@ -118,7 +118,11 @@ class WSTransport(asyncio.BufferedProtocol):
         self.handshake = self._loop.create_future()
         self.disconnected = self._loop.create_future()
         self._frame = WSFrame()
-        self.get_buffer = core.get_buffer  # the loop calls it per read: no extra frame
+        # Once open, the loop calls C for every read: get_buffer and buffer_updated are the
+        # Receiver's (csrc/ws.c), which gives back to the Python methods what is not common.
+        general = WSTransport.buffer_updated.__get__(self)
+        self._rx = _py.Receiver(core, _OPEN, general, self._c_read_stopped, self._c_read_failed)
+        self.get_buffer, self.buffer_updated = self._rx.get_buffer, self._rx.buffer_updated
         self._on_frame = self._on_batch = self._batch_decode = None
         # What C hands plain messages to: on_ws_frame(self, frame), or a queue's append.
         self._fast_call = self._fast_arg = self._after_read = None
@@ -139,7 +143,7 @@ class WSTransport(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.write(self.core.request())
 
-    def get_buffer(self, sizehint):  # replaced per instance by core.get_buffer
+    def get_buffer(self, sizehint):  # the Receiver's, per instance
         return self.core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes):
@@ -183,6 +187,26 @@ class WSTransport(asyncio.BufferedProtocol):
             self._fail(exc)
         except Exception as exc:  # the listener's bug: report it, close as RFC 6455 says
             log.exception("WebSocket listener raised; closing with 1011")
+            self._fail(exc, 1011)
+
+    def _c_read_stopped(self, rx_ns):
+        """The Receiver's read stopped at a frame for Python (control, fragment, error)."""
+        core = self.core
+        try:
+            if self._finish_scan(*core.receive_stopped(), rx_ns):
+                self._read(rx_ns)
+            if self._after_read is not None:
+                self._after_read(self)
+            if core._out:
+                self._flush()
+        except Exception as exc:
+            self._c_read_failed(exc)
+
+    def _c_read_failed(self, exc):
+        if isinstance(exc, (ProtocolError, InvalidHandshake)):
+            self._fail(exc)
+        else:  # the listener's bug: report it, close as RFC 6455 says
+            log.error("WebSocket listener raised; closing with 1011", exc_info=exc)
             self._fail(exc, 1011)
 
     def _read(self, rx_ns):
@@ -255,6 +279,13 @@ class WSTransport(asyncio.BufferedProtocol):
         self._on_batch = self.listener.on_ws_batch
         decoder = getattr(self.listener, "batch_decoder", None)
         self._batch_decode = decoder.decode if decoder is not None else None
+        if self._batch_decode is None:  # batches are joined and decoded in Python
+            core = self.core
+            after = None if self._after_read is None else functools.partial(self._after_read, self)
+            self._rx.arm(
+                core.frames_addr, core.scan_addr, SCAN_CAP, core.max_frame_size, core._flags,
+                self._frame, self._fast_call, self._fast_arg, after,
+            )  # fmt: skip
         if not self.handshake.done():
             self.handshake.set_result(None)
         self.listener.on_ws_connected(self)
@@ -265,6 +296,7 @@ class WSTransport(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc):
+        self._rx.disarm()
         if self.close_code is None:
             self.close_code = 1006
             if self.error is None:

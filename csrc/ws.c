@@ -8,6 +8,7 @@
 
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 static inline uint64_t load64(const uint8_t *p)
 {
@@ -487,6 +488,280 @@ static PyObject *py_frame(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
+/* Receiver: the protocol's get_buffer and buffer_updated in C, for an open connection
+ * without batch decoding (aiolowlat.ws sets them as the WSTransport's own attributes, so
+ * the loop calls C directly). It reads and writes the core's _buf/_view/_start/_end in
+ * the core's __dict__ (the core stays plain Python and sans-I/O) and hands anything but
+ * plain messages back to Python: not armed or not OPEN -> general(nbytes); a scan that
+ * stopped at a control frame, a fragment, an error or the frame cap -> stopped(rx_ns);
+ * an exception from a callback -> failed(exc). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *core, *dict; /* the ClientProtocol and its __dict__ */
+    PyObject *open;        /* State.OPEN */
+    PyObject *general, *stopped, *failed; /* Python fallbacks */
+    PyObject *after_read;  /* called with no argument after each read, or None */
+    PyObject *call, *arg;  /* what plain messages go to (see dispatch_frames) */
+    WSFrameObject *frame;
+    PyObject *buf, *view;  /* the buffer get_buffer last saw, and a view of all of it */
+    uint64_t *frames;
+    al_ws_scan_state *st;
+    int cap, flags, armed;
+    unsigned long long max_frame;
+} ReceiverObject;
+
+static PyObject *s_buf, *s_view, *s_start, *s_end, *s_state, *s_get_buffer;
+
+static int receiver_init(ReceiverObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *core, *open, *general, *stopped, *failed;
+    if (!PyArg_ParseTuple(args, "OOOOO", &core, &open, &general, &stopped, &failed)) return -1;
+    PyObject *dict = PyObject_GenericGetDict(core, NULL);
+    if (dict == NULL) return -1;
+    Py_XSETREF(self->core, Py_NewRef(core));
+    Py_XSETREF(self->dict, dict);
+    Py_XSETREF(self->open, Py_NewRef(open));
+    Py_XSETREF(self->general, Py_NewRef(general));
+    Py_XSETREF(self->stopped, Py_NewRef(stopped));
+    Py_XSETREF(self->failed, Py_NewRef(failed));
+    self->armed = 0;
+    return 0;
+}
+
+/* arm(frames_addr, scan_addr, cap, max_frame, flags, frame, call, arg, after_read): the
+ * connection is open; from now on plain messages are taken in C. */
+static PyObject *receiver_arm(ReceiverObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !Py_IS_TYPE(args[5], &WSFrameType)) {
+        PyErr_SetString(PyExc_TypeError, "arm(frames, scan, cap, max_frame, flags, WSFrame, "
+                                         "call, arg, after_read)");
+        return NULL;
+    }
+    uint64_t *frames = PyLong_AsVoidPtr(args[0]);
+    al_ws_scan_state *st = PyLong_AsVoidPtr(args[1]);
+    long cap = PyLong_AsLong(args[2]);
+    unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[3]);
+    long flags = PyLong_AsLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (frames == NULL || st == NULL || cap <= 0 || cap > AL_WS_COUNT_MASK) {
+        PyErr_SetString(PyExc_ValueError, "arm(): bad frame array or cap");
+        return NULL;
+    }
+    self->frames = frames;
+    self->st = st;
+    self->cap = (int)cap;
+    self->max_frame = max_frame;
+    self->flags = (int)flags;
+    Py_XSETREF(self->frame, (WSFrameObject *)Py_NewRef(args[5]));
+    Py_XSETREF(self->call, Py_NewRef(args[6]));
+    Py_XSETREF(self->arg, Py_NewRef(args[7]));
+    Py_XSETREF(self->after_read, Py_NewRef(args[8]));
+    self->armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *receiver_disarm(ReceiverObject *self, PyObject *unused)
+{
+    self->armed = 0;
+    Py_CLEAR(self->call);
+    Py_CLEAR(self->arg);
+    Py_CLEAR(self->after_read);
+    Py_RETURN_NONE;
+}
+
+/* An int item of the core's __dict__ (a borrowed lookup; -1 with an exception if absent). */
+static Py_ssize_t dict_ssize(PyObject *dict, PyObject *key)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    if (v == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, key);
+        return -1;
+    }
+    return PyLong_AsSsize_t(v);
+}
+
+static int dict_set_ssize(PyObject *dict, PyObject *key, Py_ssize_t value)
+{
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL) return -1;
+    int rc = PyDict_SetItem(dict, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* get_buffer(sizehint): the whole buffer when it is empty (the common case after a read
+ * took every frame), else the core's get_buffer. */
+static PyObject *receiver_get_buffer(ReceiverObject *self, PyObject *sizehint)
+{
+    Py_ssize_t end = dict_ssize(self->dict, s_end);
+    if (end < 0) return NULL;
+    if (end == 0) {
+        PyObject *buf = PyDict_GetItemWithError(self->dict, s_buf);
+        if (buf == NULL) return PyErr_Occurred() ? NULL : PyObject_CallMethodOneArg(
+                                                              self->core, s_get_buffer, sizehint);
+        if (buf != self->buf) { /* first call, or the core grew its buffer */
+            PyObject *view = PyDict_GetItemWithError(self->dict, s_view);
+            if (view == NULL) return PyErr_Occurred() ? NULL : PyObject_CallMethodOneArg(
+                                                                   self->core, s_get_buffer, sizehint);
+            Py_XSETREF(self->buf, Py_NewRef(buf));
+            Py_XSETREF(self->view, Py_NewRef(view));
+        }
+        return Py_NewRef(self->view);
+    }
+    return PyObject_CallMethodOneArg(self->core, s_get_buffer, sizehint);
+}
+
+/* The raised exception goes to failed(exc), which closes the connection as it calls for. */
+static PyObject *call_failed(ReceiverObject *self)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) PyException_SetTraceback(value, tb);
+    PyObject *result = PyObject_CallOneArg(self->failed, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return result;
+}
+
+static PyObject *receiver_buffer_updated(ReceiverObject *self, PyObject *arg)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* time.time_ns(), as rx_ns everywhere */
+    long long rx_ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
+    if (nbytes == -1 && PyErr_Occurred()) return NULL;
+    PyObject *state = PyDict_GetItemWithError(self->dict, s_state);
+    if (!self->armed || state != self->open) {
+        if (state == NULL && PyErr_Occurred()) return NULL;
+        return PyObject_CallOneArg(self->general, arg);
+    }
+    PyObject *buf = PyDict_GetItemWithError(self->dict, s_buf);
+    if (buf == NULL || !PyByteArray_Check(buf)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "core._buf is not a bytearray");
+        return NULL;
+    }
+    Py_INCREF(buf); /* the dict's reference may go if a callback grows the buffer */
+    Py_ssize_t start = dict_ssize(self->dict, s_start), end = dict_ssize(self->dict, s_end);
+    PyObject *result = NULL;
+    if (start < 0 || end < 0) goto out;
+    end += nbytes;
+    if (start > end || end > PyByteArray_GET_SIZE(buf)) {
+        PyErr_SetString(PyExc_ValueError, "buffer_updated(): more bytes than the buffer holds");
+        goto out;
+    }
+    if (dict_set_ssize(self->dict, s_end, end) < 0) goto out;
+    self->frame->rx_ns = rx_ns;
+    al_ws_scan_state *st = self->st;
+    int r = al_ws_scan(PyByteArray_AS_STRING(buf), (size_t)start, (size_t)end,
+                       (size_t)PyByteArray_GET_SIZE(buf), self->frames, self->cap,
+                       self->max_frame, self->flags, st);
+    st->frames = r & AL_WS_COUNT_MASK;
+    st->stop = r >> AL_WS_STOP_SHIFT;
+    Py_ssize_t taken =
+        dispatch_frames(buf, self->frames, 0, st->frames, self->frame, self->call, self->arg);
+    if (taken < 0) { /* a callback raised: Python fails the connection (1011) */
+        result = call_failed(self);
+        goto out;
+    }
+    st->taken = (int)taken;
+    if (taken < st->frames || st->stop) { /* the rest is Python's: core.receive_stopped() */
+        PyObject *t = PyLong_FromLongLong(rx_ns);
+        if (t != NULL) result = PyObject_CallOneArg(self->stopped, t);
+        Py_XDECREF(t);
+        goto out;
+    }
+    start += (Py_ssize_t)st->consumed;
+    if (start == end) {
+        start = 0;
+        if (dict_set_ssize(self->dict, s_end, 0) < 0) goto out;
+    }
+    if (dict_set_ssize(self->dict, s_start, start) < 0) goto out;
+    if (self->after_read != NULL && self->after_read != Py_None) {
+        PyObject *r2 = PyObject_CallNoArgs(self->after_read);
+        if (r2 == NULL) {
+            result = call_failed(self);
+            goto out;
+        }
+        Py_DECREF(r2);
+    }
+    result = Py_NewRef(Py_None);
+out:
+    Py_DECREF(buf);
+    return result;
+}
+
+static int receiver_traverse(ReceiverObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->core);
+    Py_VISIT(self->dict);
+    Py_VISIT(self->open);
+    Py_VISIT(self->general);
+    Py_VISIT(self->stopped);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->after_read);
+    Py_VISIT(self->call);
+    Py_VISIT(self->arg);
+    Py_VISIT(self->frame);
+    Py_VISIT(self->buf);
+    Py_VISIT(self->view);
+    return 0;
+}
+
+static int receiver_clear(ReceiverObject *self)
+{
+    self->armed = 0;
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->open);
+    Py_CLEAR(self->general);
+    Py_CLEAR(self->stopped);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->after_read);
+    Py_CLEAR(self->call);
+    Py_CLEAR(self->arg);
+    Py_CLEAR(self->frame);
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->view);
+    return 0;
+}
+
+static void receiver_dealloc(ReceiverObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    receiver_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef receiver_methods[] = {
+    {"arm", (PyCFunction)(void (*)(void))receiver_arm, METH_FASTCALL, NULL},
+    {"disarm", (PyCFunction)receiver_disarm, METH_NOARGS, NULL},
+    {"get_buffer", (PyCFunction)receiver_get_buffer, METH_O, NULL},
+    {"buffer_updated", (PyCFunction)receiver_buffer_updated, METH_O, NULL},
+    {NULL},
+};
+
+static PyMemberDef receiver_members[] = {
+    {"armed", T_INT, offsetof(ReceiverObject, armed), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._ws_py.Receiver",
+    .tp_doc = "get_buffer/buffer_updated of an open connection, in C (see csrc/ws.c).",
+    .tp_basicsize = sizeof(ReceiverObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)receiver_init,
+    .tp_dealloc = (destructor)receiver_dealloc,
+    .tp_traverse = (traverseproc)receiver_traverse,
+    .tp_clear = (inquiry)receiver_clear,
+    .tp_methods = receiver_methods,
+    .tp_members = receiver_members,
+};
+
 static PyMethodDef py_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))py_dispatch, METH_FASTCALL,
      "Call on_frame for each plain message of a scan; returns where it stopped."},
@@ -511,10 +786,17 @@ int al_ws_py_init(void)
         rc = 0;
         goto out;
     }
-    if (PyType_Ready(&WSFrameType) < 0) goto out;
+    if (PyType_Ready(&WSFrameType) < 0 || PyType_Ready(&ReceiverType) < 0) goto out;
+    struct { PyObject **p; const char *s; } names[] = {
+        {&s_buf, "_buf"}, {&s_view, "_view"}, {&s_start, "_start"}, {&s_end, "_end"},
+        {&s_state, "state"}, {&s_get_buffer, "get_buffer"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL) goto out;
     PyObject *m = PyModule_Create(&py_module);
     if (m == NULL) goto out;
     if (PyModule_AddObjectRef(m, "WSFrame", (PyObject *)&WSFrameType) == 0 &&
+        PyModule_AddObjectRef(m, "Receiver", (PyObject *)&ReceiverType) == 0 &&
         PyDict_SetItemString(modules, py_module.m_name, m) == 0)
         rc = 0;
     Py_DECREF(m);
