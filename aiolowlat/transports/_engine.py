@@ -247,15 +247,15 @@ class _Poller:
             return
         loop = transports[0]._loop
         budget = self._spin_budget(loop)
-        if budget:
-            lib.bp_spin(engine._handle, budget)
+        waiting = lib.bp_spin(engine._handle, budget) if budget else 0
         if engine.config.threaded:
             for transport in transports[:]:  # a callback may close one of them
                 if transport._reading:
                     transport._drain()
         else:
             h = engine._handle
-            lib.bp_poll(h)
+            if not waiting:  # bp_spin has just polled when it found something
+                lib.bp_poll(h)
             moved = 0
             for transport in transports[:]:
                 if transport._reading:
@@ -370,6 +370,10 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         return total
 
     def _collect(self, n, batch):
+        if n == 1 and self._lens[0] >= 0:  # the latency case: no lists to build
+            batch.append((self._view[:self._lens[0]].tobytes(),
+                          self._peer(self._ips[0], self._ports[0]), self._stamps[0]))
+            return
         if not n:
             return
         lens, stamps = ffi.unpack(self._lens, n), ffi.unpack(self._stamps, n)
