@@ -593,3 +593,79 @@ def test_c_dispatch_passes_the_callbacks_exception():
     with pytest.raises(KeyError):
         _py.dispatch(proto._buf, proto.frames_addr, 0, 2, _py.WSFrame(), boom, "t")
     assert seen == [b"x"]
+
+
+class Calls:
+    """Records what a Receiver hands back to Python."""
+
+    def __init__(self):
+        self.general, self.stopped, self.failed, self.frames, self.reads = [], [], [], [], 0
+
+    def on_frame(self, transport, f):
+        if f.payload == b"raise":
+            raise RuntimeError("listener bug")
+        self.frames.append((f.opcode, f.payload, f.rx_ns > 0))
+
+    def after_read(self):
+        self.reads += 1
+
+
+def armed_receiver(proto):
+    calls = Calls()
+    rx = _py.Receiver(proto, State.OPEN, calls.general.append, calls.stopped.append,
+                      calls.failed.append)  # fmt: skip
+    rx.arm(proto.frames_addr, proto.scan_addr, 1024, 2**20, 2, _py.WSFrame(), calls.on_frame,
+           "t", calls.after_read)  # fmt: skip
+    return rx, calls
+
+
+def feed(rx, data: bytes) -> None:
+    room = rx.get_buffer(-1)
+    room[: len(data)] = data
+    rx.buffer_updated(len(data))
+
+
+def test_c_receiver_takes_plain_messages_and_keeps_the_core_offsets():
+    proto = open_client()
+    rx, calls = armed_receiver(proto)
+    assert rx.get_buffer(-1) is proto._view  # empty buffer: all of it, no slice
+    feed(rx, frame(1, b"a") + frame(2, b"b"))
+    assert calls.frames == [(1, b"a", True), (2, b"b", True)] and calls.reads == 1
+    assert proto._start == proto._end == 0
+    whole = frame(1, b"c" * 300)
+    feed(rx, whole[:100])  # a partial frame waits in the buffer
+    assert (proto._start, proto._end) == (0, 100) and len(calls.frames) == 2
+    assert len(rx.get_buffer(-1)) == len(proto._buf) - 100
+    feed(rx, whole[100:])
+    assert calls.frames[-1] == (1, b"c" * 300, True) and proto._end == 0
+    assert calls.general == calls.stopped == calls.failed == []
+
+
+def test_c_receiver_hands_the_rest_to_python():
+    proto = open_client()
+    rx, calls = armed_receiver(proto)
+    feed(rx, frame(1, b"a") + frame(9, b"ping") + frame(1, b"b"))
+    assert calls.frames == [(1, b"a", True)] and len(calls.stopped) == 1  # rx_ns
+    assert proto.receive_stopped() == (3, 1)  # the Python path goes on from the ping
+    feed(rx, frame(1, b"raise"))
+    assert [type(e) for e in calls.failed] == [RuntimeError]
+    proto.state = State.CLOSING  # not open: everything goes to the general path
+    feed(rx, frame(1, b"late"))
+    assert calls.general == [len(frame(1, b"late"))]
+    rx.disarm()
+    proto.state = State.OPEN
+    feed(rx, frame(1, b"x"))
+    assert len(calls.general) == 2 and not rx.armed
+
+
+def test_c_receiver_refuses_bad_arguments():
+    proto = open_client()
+    rx, _ = armed_receiver(proto)
+    with pytest.raises(TypeError):
+        rx.arm(proto.frames_addr, proto.scan_addr, 1024, 2**20, 2, object(), print, None, None)
+    with pytest.raises(ValueError):
+        rx.arm(0, proto.scan_addr, 1024, 2**20, 2, _py.WSFrame(), print, None, None)
+    with pytest.raises(ValueError):
+        rx.buffer_updated(len(proto._buf) + 1)  # more than the buffer holds
+    with pytest.raises(TypeError):
+        _py.Receiver(proto)
