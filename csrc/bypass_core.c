@@ -289,7 +289,8 @@ int bp_open(struct bp_engine *e, uint32_t ip, uint16_t port, const uint32_t *gro
     ep->ip = ip;
     ep->port = port;
     ep->ngroups = (uint16_t)ngroups;
-    memcpy(ep->groups, groups, sizeof *groups * (size_t)ngroups);
+    if (ngroups)
+        memcpy(ep->groups, groups, sizeof *groups * (size_t)ngroups);
     ep->open = 1;
     if (control(e, BP_CTL_ADD, id)) {
         snprintf(error, BP_ERROR_LEN, "the engine thread did not take the endpoint within 2 s");
