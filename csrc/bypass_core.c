@@ -717,8 +717,9 @@ static int any_ready(struct bp_engine *e)
 int bp_spin(struct bp_engine *e, int64_t budget_ns)
 {
     int64_t deadline = bp_now_ns(CLOCK_MONOTONIC) + budget_ns;
+    const int run_engine = !e->has_thread;  /* read once: it shares a line with e->st */
     for (uint32_t spins = 1;; spins++) {
-        if (!e->has_thread) {
+        if (run_engine) {
             e->st.polls++;
             e->ops->poll(e);
         }

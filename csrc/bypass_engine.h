@@ -41,7 +41,7 @@ struct bp_endpoint {
     uint16_t port, ngroups;
     uint32_t groups[BP_EP_GROUPS];
     int open;                        /* the loop's: 0 free, 1 open, 2 unusable until stop */
-    struct bp_ep_stats st;
+    _Alignas(SPSC_LINE) struct bp_ep_stats st;  /* the engine's, per datagram: own line */
 };
 
 enum { BP_CTL_NONE, BP_CTL_ADD, BP_CTL_REMOVE };
