@@ -59,7 +59,7 @@ __all__ = [
 log = logging.getLogger("aiolowlat.ws")
 _OPEN, _CLOSED = State.OPEN, State.CLOSED
 _time_ns = time.time_ns
-_dispatch, _receive, _frame = _py.dispatch, _py.receive, _py.frame
+_dispatch, _frame = _py.dispatch, _py.frame
 
 # One received message or control frame: opcode, payload (bytes, yours to keep), rx_ns,
 # fin (always True: messages arrive whole) and close_code/close_reason. One object per
@@ -147,6 +147,8 @@ class WSTransport(asyncio.BufferedProtocol):
         return self.core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes):
+        """Every read until the connection is open (and, with batch_decoder, after): an open
+        connection's reads go to the Receiver's buffer_updated, in C."""
         rx_ns = _time_ns()
         core = self.core
         try:
@@ -161,24 +163,9 @@ class WSTransport(asyncio.BufferedProtocol):
                     self._event(event, rx_ns)
                 self._flush()
                 return
-            core._end += nbytes  # core.commit(), inlined: this runs once per read
-            frame = self._frame
-            frame.rx_ns = rx_ns
-            if self._batch_decode is None:
-                # A read's common case in one C call: scan, and each message to on_ws_frame.
-                start = _receive(
-                    core._buf, core._start, core._end, core.frames_addr, SCAN_CAP,
-                    core.scan_addr, core.max_frame_size, core._flags, frame, self._fast_call,
-                    self._fast_arg,
-                )  # fmt: skip
-                if start >= 0:
-                    core._start = start
-                    if start == core._end:
-                        core._start = core._end = 0
-                elif self._finish_scan(*core.receive_stopped(), rx_ns):
-                    self._read(rx_ns)
-            else:
-                self._read(rx_ns)
+            core.commit(nbytes)
+            self._frame.rx_ns = rx_ns
+            self._read(rx_ns)
             if self._after_read is not None:
                 self._after_read(self)
             if core._out:
@@ -186,8 +173,7 @@ class WSTransport(asyncio.BufferedProtocol):
         except (ProtocolError, InvalidHandshake) as exc:
             self._fail(exc)
         except Exception as exc:  # the listener's bug: report it, close as RFC 6455 says
-            log.exception("WebSocket listener raised; closing with 1011")
-            self._fail(exc, 1011)
+            self._c_read_failed(exc)
 
     def _c_read_stopped(self, rx_ns):
         """The Receiver's read stopped at a frame for Python (control, fragment, error)."""

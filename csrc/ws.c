@@ -211,8 +211,8 @@ long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
  * cffi cannot build or call Python objects, and a Python loop over a read's frames costs
  * more than the frames' JSON decoding. So these few functions are a small CPython module,
  * aiolowlat._native._ws_py, living in the cffi extension and registered by al_ws_py_init:
- * WSFrame (picows's reusable frame object), dispatch (every plain message of a scan to
- * on_ws_frame) and frame (one masked frame as bytes). */
+ * WSFrame (picows's reusable frame object), Receiver (an open connection's reads),
+ * dispatch (plain messages of a scan to on_ws_frame) and frame (one masked frame). */
 
 typedef struct {
     PyObject_HEAD
@@ -424,46 +424,6 @@ static PyObject *py_dispatch(PyObject *mod, PyObject *const *args, Py_ssize_t na
     if (PyErr_Occurred()) return NULL;
     i = dispatch_frames(args[0], frames, i, n, (WSFrameObject *)args[4], args[5], args[6]);
     return i < 0 ? NULL : PyLong_FromSsize_t(i);
-}
-
-/* receive(buf, start, end, frames_addr, cap, state_addr, max_frame, flags, frame, on_frame,
- * transport) -> int: one read's common case in one call: al_ws_scan of buf[start:end],
- * then dispatch. Returns the new start when every frame found was a plain message taken
- * and the scan stopped only for want of bytes; else -1, with frames/taken/stop and the
- * scan's results in the state for the caller's general path. */
-static PyObject *py_receive(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "receive() takes 11 arguments");
-        return NULL;
-    }
-    PyObject *buf = args[0];
-    if (!PyByteArray_Check(buf) || !Py_IS_TYPE(args[8], &WSFrameType)) {
-        PyErr_SetString(PyExc_TypeError, "receive(bytearray, ..., WSFrame, ...)");
-        return NULL;
-    }
-    Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
-    uint64_t *frames = PyLong_AsVoidPtr(args[3]);
-    long cap = PyLong_AsLong(args[4]);
-    al_ws_scan_state *st = PyLong_AsVoidPtr(args[5]);
-    unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[6]);
-    long flags = PyLong_AsLong(args[7]);
-    if (PyErr_Occurred()) return NULL;
-    Py_ssize_t size = PyByteArray_GET_SIZE(buf);
-    if (start < 0 || start > end || end > size || cap <= 0 || cap > AL_WS_COUNT_MASK) {
-        PyErr_SetString(PyExc_ValueError, "receive(): bad buffer bounds or cap");
-        return NULL;
-    }
-    int r = al_ws_scan(PyByteArray_AS_STRING(buf), (size_t)start, (size_t)end, (size_t)size,
-                       frames, (int)cap, max_frame, (int)flags, st);
-    st->frames = r & AL_WS_COUNT_MASK;
-    st->stop = r >> AL_WS_STOP_SHIFT;
-    Py_ssize_t taken = dispatch_frames(buf, frames, 0, st->frames, (WSFrameObject *)args[8],
-                                       args[9], args[10]);
-    if (taken < 0) return NULL;
-    st->taken = (int)taken;
-    if (taken == st->frames && !st->stop) return PyLong_FromSize_t((size_t)start + st->consumed);
-    return PyLong_FromLong(-1);
 }
 
 /* frame(first, payload) -> bytes: one masked client frame, built in its bytes object. */
@@ -765,8 +725,6 @@ static PyTypeObject ReceiverType = {
 static PyMethodDef py_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))py_dispatch, METH_FASTCALL,
      "Call on_frame for each plain message of a scan; returns where it stopped."},
-    {"receive", (PyCFunction)(void (*)(void))py_receive, METH_FASTCALL,
-     "Scan a read and call on_frame for its plain messages; the new start, or -1."},
     {"frame", (PyCFunction)(void (*)(void))py_frame, METH_FASTCALL,
      "One masked client frame as bytes."},
     {NULL},

@@ -39,9 +39,9 @@ typedef struct {
     size_t need;     /* size of the partial frame at consumed once its header is in; else 0 */
     int error;       /* AL_WS_OK, or why the frame at consumed is bad */
     int fragmented;  /* in/out: inside a fragmented data message */
-    int frames;      /* _ws_py.receive: frames its scan found */
-    int taken;       /* _ws_py.receive: of which it dispatched (the next is not plain) */
-    int stop;        /* _ws_py.receive: its scan's AL_WS_STOP_* bits */
+    int frames;      /* _ws_py.Receiver: frames its scan found */
+    int taken;       /* _ws_py.Receiver: of which it dispatched (the next is not plain) */
+    int stop;        /* _ws_py.Receiver: its scan's AL_WS_STOP_* bits */
 } al_ws_scan_state;
 
 /* Parse the headers of every whole frame in buf[start:end] (at most cap, cap < 65536)
@@ -71,7 +71,7 @@ long al_ws_join(const char *buf, const uint64_t *frames, int n, uint8_t want,
                 uint8_t *out, size_t cap, uint8_t open, uint8_t sep, uint8_t close);
 
 /* Register aiolowlat._native._ws_py, the per-message path as a CPython module (WSFrame,
- * dispatch, frame): call once after importing _ws. 0 on success, -1 (error printed). */
+ * Receiver, dispatch, frame): call once after importing _ws. 0 on success, -1 (error printed). */
 int al_ws_py_init(void);
 
 #endif

@@ -525,7 +525,7 @@ def scanned(proto, data: bytes) -> int:
     return proto.scan()
 
 
-def test_c_receive_takes_plain_messages_and_stops_at_the_rest():
+def test_c_dispatch_takes_plain_messages_and_stops_at_the_rest():
     proto = open_client()
     got = []
     wsf = _py.WSFrame()
@@ -534,38 +534,25 @@ def test_c_receive_takes_plain_messages_and_stops_at_the_rest():
         assert transport == "t" and f is wsf
         got.append((f.opcode, f.payload))
 
-    data = frame(1, b"a") + frame(2, b"\x00b") + frame(9, b"p") + frame(1, b"c")
-    room = proto.get_buffer()
-    room[: len(data)] = data
-    proto.commit(len(data))
-    start = _py.receive(
-        proto._buf, proto._start, proto._end, proto.frames_addr, 1024, proto.scan_addr,
-        2**20, 2, wsf, on_frame, "t",
-    )  # fmt: skip
-    assert start == -1  # the ping is not a plain message: the caller's general path
-    assert got == [(1, b"a"), (2, b"\x00b")]
-    assert proto.receive_stopped() == (4, 2)
+    n = scanned(proto, frame(1, b"a") + frame(2, b"\x00b") + frame(9, b"p") + frame(1, b"c"))
+    assert n == 4
+    assert _py.dispatch(proto._buf, proto.frames_addr, 0, n, wsf, on_frame, "t") == 2
+    assert got == [(1, b"a"), (2, b"\x00b")]  # the ping is not a plain message: it stops
     assert proto.frame_at(2)[0] & 255 == 0x89
-    assert _py.dispatch(proto._buf, proto.frames_addr, 3, 4, wsf, on_frame, "t") == 4
+    assert _py.dispatch(proto._buf, proto.frames_addr, 3, n, wsf, on_frame, "t") == 4
     assert got[-1] == (1, b"c")
-    assert proto._start == proto._end  # every frame consumed
 
 
-def test_c_receive_queue_mode_gives_text_and_bytes_with_rx_ns():
+def test_c_dispatch_queue_mode_gives_text_and_bytes_with_rx_ns():
     proto = open_client()
     queue = []
-    data = frame(1, "é".encode()) + frame(2, b"\xff") + frame(1, b"partial")[:-2]
-    room = proto.get_buffer()
-    room[: len(data)] = data
-    proto.commit(len(data))
-    f = _py.WSFrame(0, b"", 7)
-    start = _py.receive(proto._buf, proto._start, proto._end, proto.frames_addr, 1024,
-                        proto.scan_addr, 2**20, 2, f, queue.append, None)  # fmt: skip
+    n = scanned(proto, frame(1, "é".encode()) + frame(2, b"\xff") + frame(1, b"partial")[:-2])
+    assert n == 2  # the partial frame waits
+    _py.dispatch(proto._buf, proto.frames_addr, 0, n, _py.WSFrame(0, b"", 7), queue.append, None)
     assert queue == [("é", 7), (b"\xff", 7)]
-    assert start == len(data) - len(frame(1, b"partial")) + 2  # the partial frame waits
 
 
-def test_c_dispatch_and_receive_refuse_bad_arguments():
+def test_c_dispatch_refuses_bad_arguments():
     proto = open_client()
     scanned(proto, frame(1, b"x"))
     f = _py.WSFrame()
@@ -575,10 +562,8 @@ def test_c_dispatch_and_receive_refuse_bad_arguments():
         _py.dispatch(proto._buf, proto.frames_addr, 0, 1, object(), print, None)
     with pytest.raises(ValueError, match="outside the receive buffer"):
         _py.dispatch(bytearray(2), proto.frames_addr, 0, 1, f, print, None)
-    for start, end, cap in [(-1, 0, 8), (5, 4, 8), (0, len(proto._buf) + 1, 8), (0, 0, 0)]:
-        with pytest.raises(ValueError):
-            _py.receive(proto._buf, start, end, proto.frames_addr, cap, proto.scan_addr,
-                        2**20, 2, f, print, None)  # fmt: skip
+    with pytest.raises(TypeError):
+        _py.dispatch(proto._buf, proto.frames_addr, 0, 1, f, print)
 
 
 def test_c_dispatch_passes_the_callbacks_exception():

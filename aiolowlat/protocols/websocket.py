@@ -331,7 +331,7 @@ class ClientProtocol:
         self._start = self._end = 0
         self._scan = ffi.new("al_ws_scan_state *")
         self._frames = ffi.new("uint64_t[]", 2 * SCAN_CAP)
-        # Addresses for _ws_py.receive/dispatch, which take them as ints.
+        # Addresses for _ws_py.Receiver/dispatch, which take them as ints.
         self.frames_addr = int(ffi.cast("uintptr_t", self._frames))
         self.scan_addr = int(ffi.cast("uintptr_t", self._scan))
         self._stop = 0
@@ -523,7 +523,7 @@ class ClientProtocol:
         return r & 0xFFFF
 
     def receive_stopped(self) -> tuple[int, int]:
-        """Adopt the scan of a ``_ws_py.receive`` that returned -1, as if by ``scan()``:
+        """Adopt the scan of a ``_ws_py.Receiver`` read that stopped, as if by ``scan()``:
         (frames it found, of which it dispatched); ``scan_done()`` must follow."""
         st = self._scan
         self._start += st.consumed
