@@ -9,12 +9,15 @@
 #define _GNU_SOURCE
 #include "dpdk_engine.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <linux/if_packet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <rte_bus.h>
@@ -39,10 +42,14 @@ static int eal_state;            /* 0 not yet, 1 initialised, -1 failed (cannot 
 static char eal_used[512];       /* the arguments it was initialised with */
 static unsigned port_counter;    /* unique virtual device names per process */
 
+enum { MAX_PACKET_FDS = 8, FD_SCAN = 4096 };
+
 struct dpdk_drv {
     uint16_t port;
     unsigned serial;
     int started;
+    int packet_fds[MAX_PACKET_FDS], npacket_fds;  /* net_af_packet's sockets, see below */
+    uint64_t packet_drops;
     char name[320];
     struct rte_mempool *pool;
 };
@@ -88,6 +95,38 @@ static int init_eal(struct bp_engine *e)
 
 static void dpdk_teardown(struct bp_engine *e);
 
+/* Which descriptors are open, as a bit set over the first FD_SCAN. */
+static void open_fds(uint8_t *set)
+{
+    memset(set, 0, FD_SCAN / 8);
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir)
+        return;
+    for (struct dirent *d; (d = readdir(dir));) {
+        int fd = atoi(d->d_name);
+        if (fd > 0 && fd < FD_SCAN)
+            set[fd / 8] |= (uint8_t)(1 << (fd % 8));
+    }
+    closedir(dir);
+}
+
+/* DPDK 22.11's net_af_packet never reads its sockets' PACKET_STATISTICS, so the frames
+ * the kernel dropped on a full ring would go uncounted: find the AF_PACKET sockets the
+ * probe opened (new descriptors of that domain) and read their drops ourselves. */
+static void find_packet_sockets(struct dpdk_drv *d, const uint8_t *before)
+{
+    uint8_t after[FD_SCAN / 8];
+    open_fds(after);
+    for (int fd = 1; fd < FD_SCAN && d->npacket_fds < MAX_PACKET_FDS; fd++) {
+        int is_new = (after[fd / 8] & ~before[fd / 8]) & (1 << (fd % 8));
+        int domain = 0;
+        socklen_t len = sizeof domain;
+        if (is_new && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+            domain == AF_PACKET)
+            d->packet_fds[d->npacket_fds++] = fd;
+    }
+}
+
 /* "net_af_packet,iface=X" -> probe "net_af_packet<N>,iface=X"; its port id. */
 static int probe_port(struct bp_engine *e, struct dpdk_drv *d)
 {
@@ -106,7 +145,13 @@ static int probe_port(struct bp_engine *e, struct dpdk_drv *d)
     snprintf(d->name, sizeof d->name, "%s_al%u", vdev, n);
     char devargs[sizeof vdev + 80];
     snprintf(devargs, sizeof devargs, "%s%s%s", d->name, *rest ? "," : "", rest);
+    uint8_t before[FD_SCAN / 8];
+    pthread_mutex_lock(&eal_lock);  /* one probe at a time: its new sockets are its own */
+    open_fds(before);
     int rc = rte_dev_probe(devargs);
+    if (rc >= 0 && strncmp(d->name, "net_af_packet", 13) == 0)
+        find_packet_sockets(d, before);
+    pthread_mutex_unlock(&eal_lock);
     if (rc < 0) {
         d->name[0] = 0;
         return bp_fail(e, "rte_dev_probe(\"%s\"): %s (is the PMD installed: Debian package "
@@ -272,6 +317,13 @@ static void dpdk_stats(struct bp_engine *e, struct bp_stats *out)
     struct rte_eth_stats st;
     if (d->started && rte_eth_stats_get(d->port, &st) == 0)
         out->nic_rx_dropped = st.imissed + st.ierrors + st.rx_nombuf;
+    for (int i = 0; i < d->npacket_fds; i++) {  /* reading resets them: accumulate */
+        struct tpacket_stats ps;
+        socklen_t len = sizeof ps;
+        if (getsockopt(d->packet_fds[i], SOL_PACKET, PACKET_STATISTICS, &ps, &len) == 0)
+            d->packet_drops += ps.tp_drops;
+    }
+    out->nic_rx_dropped += d->packet_drops;
 }
 
 const struct bp_ops bp_dpdk_ops = {"dpdk", dpdk_setup, dpdk_poll, dpdk_wait, dpdk_teardown,

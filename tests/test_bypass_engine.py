@@ -353,6 +353,50 @@ def test_stopping_the_engine_closes_its_endpoints(loop, hosts, kind):
     run(loop, main())
 
 
+def _blast(hosts, count):
+    def send():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(count):
+                tx.sendto(b"burst %d" % i, (ENGINE_IP, PORT))
+    in_netns(hosts.b, send)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_the_nic_queue_drops_before_the_engine_is_counted(loop, hosts, kind):
+    """An inline engine nobody polls: its queue (the XSK's RX ring, net_af_packet's kernel
+    ring) overflows; every datagram is then either delivered or counted as lost."""
+    async def main():
+        forget_engine(hosts)
+        count = 6000
+        got = []
+
+        class Count(asyncio.DatagramProtocol):
+            def datagrams_received(self, batch):
+                got.extend(batch)
+
+        tr, _ = await open_datagram_endpoint(
+            Count, transport=kind, local_addr=(ENGINE_IP, PORT),
+            engine=config(hosts, poll=True, threaded=False, ring_slots=8192))
+        _blast(hosts, 1)  # ARP first, while the loop polls
+        for _ in range(300):  # bounded
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        _blast(hosts, count)  # the loop is not running meanwhile: nobody polls
+        for _ in range(500):  # bounded: until every datagram is accounted for
+            stats = tr.stats()
+            if len(got) + stats["nic_rx_dropped"] >= count + 1:
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        await asyncio.sleep(0.01)
+        assert stats["nic_rx_dropped"] > 0
+        assert len(got) + stats["nic_rx_dropped"] == count + 1
+        assert stats["endpoint"]["rx_udp"] == len(got)
+
+    run(loop, main())
+
+
 def _rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
