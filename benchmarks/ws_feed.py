@@ -78,7 +78,10 @@ FULL = Settings(messages=1_000_000, round_trips=20_000, rounds=3, deadline_s=60,
 class Counter:
     """Counts decoded messages; times the last nine tenths (the first tenth warms up)."""
 
+    last = None  # the run's Counter or Pinger: how far a run that timed out got
+
     def __init__(self, total: int):
+        Counter.last = self
         self.total, self.warm = total, total // 10
         self.n = 0
         self.done = asyncio.get_running_loop().create_future()
@@ -96,6 +99,7 @@ class Pinger:
     """One message in flight: send, wait for the echo, record the round trip."""
 
     def __init__(self, rounds: int):
+        Counter.last = self
         self.warm, self.total = rounds // 10, rounds + rounds // 10
         self.rtts: list[int] = []
         self.n = 0
@@ -306,6 +310,7 @@ def run_job(kind, impl, case, ports, cafile, s: Settings, stop_at: float) -> dic
         return {"error": f"skipped: over the {s.budget_s:g} s budget"}
 
     async def main():
+        Counter.last = None
         async with asyncio.timeout(deadline_s):
             return await CLIENTS[impl](url, ssl_ctx, mode, s)
 
@@ -313,7 +318,9 @@ def run_job(kind, impl, case, ports, cafile, s: Settings, stop_at: float) -> dic
         with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
             result = runner.run(main())
     except TimeoutError:
-        return {"error": f"not done within {deadline_s:.3g} s"}
+        got = Counter.last
+        where = f"{got.n} of {got.total}" if got else "before the handshake"
+        return {"error": f"not done within {deadline_s:.3g} s ({where})"}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     if mode == "feed":
