@@ -563,8 +563,12 @@ def test_feed_handler_builds_the_same_books_over_each_transport(loop, hosts, tra
         engines = {id(tr.get_extra_info("engine")) for tr in endpoints}
         assert len(engines) == 1  # A, B and the requests share one engine and queue
         line_a, line_b, requests = (s["endpoint"] for s in stats)
-        assert line_a["rx_udp"] == publisher.sent["A"] and line_b["rx_udp"] == publisher.sent["B"]
-        assert requests["rx_udp"] == publisher.server.answered_packets
+        assert line_a["rx_udp"] <= publisher.sent["A"] and line_b["rx_udp"] <= publisher.sent["B"]
+        # each datagram was routed to its endpoint or counted as lost before the engine
+        # (none, unless the host is so loaded that the NIC queue overflowed)
+        routed = line_a["rx_udp"] + line_b["rx_udp"] + requests["rx_udp"]
+        sent = publisher.sent["A"] + publisher.sent["B"] + publisher.server.answered_packets
+        assert routed + stats[0]["nic_rx_dropped"] == sent
         assert stats[0]["rx_ring_full"] == 0 and stats[0]["tx_frames"] == handler.requests_sent
 
 
