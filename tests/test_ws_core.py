@@ -654,3 +654,89 @@ def test_c_receiver_refuses_bad_arguments():
         rx.buffer_updated(len(proto._buf) + 1)  # more than the buffer holds
     with pytest.raises(TypeError):
         _py.Receiver(proto)
+
+
+# --- the adapter's C read path against the core, on the same bytes ---------------------------
+
+
+class FakeTransport:
+    """Stands in for the socket: collects writes, remembers close (no loop I/O needed)."""
+
+    def __init__(self):
+        self.out, self.closed = bytearray(), False
+
+    def write(self, data):
+        self.out += data
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def core_events(data: bytes, max_size: int):
+    """What the sans-I/O core makes of data in one go: [(opcode, payload)], close code."""
+    proto = open_client(max_size=max_size)
+    try:
+        events, code = proto.receive_data(data), None
+    except ProtocolError as exc:
+        events, code = exc.events, exc.code
+    kinds = {Ping: 9, Pong: 10, Close: 8}
+    out = [(e.opcode, e.payload) if isinstance(e, Message) else
+           (kinds[type(e)], b"" if isinstance(e, Close) else e.payload) for e in events]  # fmt: skip
+    return out, code
+
+
+def adapter_events(data: bytes, chunks: list[int], max_size: int):
+    """What aiolowlat.ws's WSTransport (reads in C once open) makes of data in chunks."""
+    import asyncio
+
+    import aiolowlat.ws as alws
+
+    got = []
+
+    class Listener(alws.WSListener):
+        def on_ws_frame(self, transport, frame):
+            got.append((frame.opcode, bytes(frame.payload)))
+
+    async def main():
+        proto = ClientProtocol("example.com", "/stream?x=1", key=KEY, max_size=max_size)
+        tr = alws.WSTransport(proto, Listener)
+        tr.connection_made(FakeTransport())
+        pos = 0
+        for size in [*chunks, len(data)]:
+            piece = (response(proto) if tr.listener is None else b"") + data[pos : pos + size]
+            pos += size
+            while piece and not tr.transport.closed:
+                room = tr.get_buffer(-1)
+                k = min(len(room), len(piece))
+                room[:k] = piece[:k]
+                piece = piece[k:]
+                tr.buffer_updated(k)
+        assert tr._rx.armed  # the C path was the one reading
+        return getattr(tr.error, "code", None)
+
+    code = asyncio.run(main())
+    return got, code
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(messages, max_size=12),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+    st.lists(st.integers(1, 500), max_size=8),
+)
+def test_c_read_path_agrees_with_the_core(msgs, flips, chunks):
+    data, _ = encode(msgs)
+    data = bytearray(data)
+    for pos, value in flips:
+        if data:
+            data[pos % len(data)] = value
+    data = bytes(data)
+    assert adapter_events(data, chunks, 1000) == core_events(data, 1000)
