@@ -602,7 +602,13 @@ static PyObject *receiver_buffer_updated(ReceiverObject *self, PyObject *arg)
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "core._buf is not a bytearray");
         return NULL;
     }
-    Py_INCREF(buf); /* the dict's reference may go if a callback grows the buffer */
+    /* Strong references for the whole read: a callback may grow the buffer, disarm this
+     * Receiver (connection_lost) or drop the last other reference to it. */
+    Py_INCREF(buf);
+    Py_INCREF(self);
+    PyObject *call = Py_NewRef(self->call), *cb_arg = Py_NewRef(self->arg);
+    PyObject *after_read = Py_XNewRef(self->after_read);
+    WSFrameObject *frame = (WSFrameObject *)Py_NewRef(self->frame);
     Py_ssize_t start = dict_ssize(self->dict, s_start), end = dict_ssize(self->dict, s_end);
     PyObject *result = NULL;
     if (start < 0 || end < 0) goto out;
@@ -612,15 +618,14 @@ static PyObject *receiver_buffer_updated(ReceiverObject *self, PyObject *arg)
         goto out;
     }
     if (dict_set_ssize(self->dict, s_end, end) < 0) goto out;
-    self->frame->rx_ns = rx_ns;
+    frame->rx_ns = rx_ns;
     al_ws_scan_state *st = self->st;
     int r = al_ws_scan(PyByteArray_AS_STRING(buf), (size_t)start, (size_t)end,
                        (size_t)PyByteArray_GET_SIZE(buf), self->frames, self->cap,
                        self->max_frame, self->flags, st);
     st->frames = r & AL_WS_COUNT_MASK;
     st->stop = r >> AL_WS_STOP_SHIFT;
-    Py_ssize_t taken =
-        dispatch_frames(buf, self->frames, 0, st->frames, self->frame, self->call, self->arg);
+    Py_ssize_t taken = dispatch_frames(buf, self->frames, 0, st->frames, frame, call, cb_arg);
     if (taken < 0) { /* a callback raised: Python fails the connection (1011) */
         result = call_failed(self);
         goto out;
@@ -638,8 +643,8 @@ static PyObject *receiver_buffer_updated(ReceiverObject *self, PyObject *arg)
         if (dict_set_ssize(self->dict, s_end, 0) < 0) goto out;
     }
     if (dict_set_ssize(self->dict, s_start, start) < 0) goto out;
-    if (self->after_read != NULL && self->after_read != Py_None) {
-        PyObject *r2 = PyObject_CallNoArgs(self->after_read);
+    if (after_read != NULL && after_read != Py_None) {
+        PyObject *r2 = PyObject_CallNoArgs(after_read);
         if (r2 == NULL) {
             result = call_failed(self);
             goto out;
@@ -648,6 +653,11 @@ static PyObject *receiver_buffer_updated(ReceiverObject *self, PyObject *arg)
     }
     result = Py_NewRef(Py_None);
 out:
+    Py_DECREF(frame);
+    Py_XDECREF(after_read);
+    Py_DECREF(cb_arg);
+    Py_DECREF(call);
+    Py_DECREF(self);
     Py_DECREF(buf);
     return result;
 }

@@ -740,3 +740,27 @@ def test_c_read_path_agrees_with_the_core(msgs, flips, chunks):
             data[pos % len(data)] = value
     data = bytes(data)
     assert adapter_events(data, chunks, 1000) == core_events(data, 1000)
+
+
+def test_c_receiver_survives_a_callback_that_disarms_it():
+    """connection_lost can run inside a callback: the read in progress must not crash."""
+    proto = open_client()
+    got = []
+    holder = {}
+
+    def on_frame(transport, f):
+        got.append(f.payload)
+        holder["rx"].disarm()
+        holder.pop("extra", None)  # drop what the Receiver was armed with
+
+    def after():
+        got.append("after")
+
+    holder["extra"] = on_frame
+    rx = _py.Receiver(proto, State.OPEN, print, print, print)
+    holder["rx"] = rx
+    rx.arm(proto.frames_addr, proto.scan_addr, 1024, 2**20, 2, _py.WSFrame(), on_frame, "t",
+           after)  # fmt: skip
+    del on_frame
+    feed(rx, frame(1, b"a") + frame(1, b"b"))
+    assert got == [b"a", b"b", "after"] and not rx.armed
