@@ -94,6 +94,32 @@ def test_kernel_batches_keep_empty_datagrams_and_drop_oversized_ones(loop):
     assert truncated == 2
 
 
+def test_remote_addr_connects_the_endpoint_to_one_peer(loop):
+    async def main():
+        for kind in _each_transport(loop):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                server.bind(("127.0.0.1", 0))
+                server.settimeout(5)
+                tr, proto = await open_datagram_endpoint(
+                    lambda: PerDatagram(1), transport=kind, local_addr=("127.0.0.1", 0),
+                    remote_addr=server.getsockname())
+                assert tr.get_extra_info("peername") == server.getsockname()
+                tr.sendto(b"request")  # no address: the connected peer
+                data, client = await asyncio.get_running_loop().run_in_executor(
+                    None, server.recvfrom, 64)
+                assert data == b"request"
+                stranger.sendto(b"not heard", client)  # a connected socket filters it
+                server.sendto(b"answer", client)
+                await asyncio.wait_for(proto.done.wait(), 5)
+                assert [d for d, _ in proto.got] == [b"answer"]
+                with pytest.raises(ValueError, match="Invalid address"):
+                    tr.sendto(b"x", ("127.0.0.1", 9))
+                tr.close()
+
+    run(loop, main())
+
+
 def test_plain_datagram_protocol_and_sendto(loop):
     async def main():
         for kind in _each_transport(loop):

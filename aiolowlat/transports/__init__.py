@@ -44,12 +44,14 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
                                  groups=(), interface: str | None = None,
                                  source: str | None = None, reuse_port: bool = True,
                                  rcvbuf: int | None = None, rcvbuf_force: bool = False,
-                                 timestamps: bool = True, sock=None,
+                                 timestamps: bool = True, sock=None, remote_addr=None,
                                  engine: EngineConfig | dict | None = None):
     """Open a market-data datagram endpoint on ``transport``; returns (transport, protocol).
 
     ``sock``: a socket already set up by open_udp_socket (e.g. in another network
-    namespace), instead of local_addr and the options. ``engine``: the options of
+    namespace), instead of local_addr and the options. ``remote_addr``: the one peer
+    (a retransmission server, say): ``sendto(data)`` goes there, and a socket is
+    connected to it, so it hears from no one else. ``engine``: the options of
     the af_xdp and dpdk engines (EngineConfig: queue, core, local IP/MAC, EAL args,
     static ARP, ...); ``interface`` is the NIC they own.
     """
@@ -62,7 +64,7 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
             "use 'kernel' (any loop) or 'uring' (the aiolowlat loop)")
     if transport in _ENGINES:
         return await factory(protocol_factory, local_addr=local_addr, groups=groups,
-                             interface=interface, engine=engine)
+                             interface=interface, remote_addr=remote_addr, engine=engine)
     loop = asyncio.get_running_loop()
     if sock is None:
         sock, extra = open_udp_socket(local_addr, groups=groups, interface=interface,
@@ -72,6 +74,9 @@ async def open_datagram_endpoint(protocol_factory, *, transport: str = "kernel",
         sock.setblocking(False)
         extra = {"timestamps": timestamps}  # the caller set the socket up accordingly
     try:
+        if remote_addr is not None:
+            sock.connect(remote_addr)
+            extra["peername"] = sock.getpeername()
         protocol = protocol_factory()
         endpoint = factory(loop, sock, protocol, extra)
     except BaseException:

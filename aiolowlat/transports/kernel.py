@@ -25,7 +25,8 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def __init__(self, loop, sock, protocol, extra=None, *, slot=2048):
         super().__init__(extra, loop)
         self._sock, self._fd, self._slot = sock, sock.fileno(), slot
-        self._extra.update(socket=sock, sockname=sock.getsockname(), peername=None)
+        self._remote = self._extra.get("peername")  # connected: sendto(data) goes there
+        self._extra.update(socket=sock, sockname=sock.getsockname(), peername=self._remote)
         self._buf = ffi.new(f"unsigned char[{slot * _BATCH}]")
         self._view = memoryview(ffi.buffer(self._buf))
         self._lens = ffi.new(f"int32_t[{_BATCH}]")
@@ -120,6 +121,10 @@ class KernelDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def sendto(self, data, addr=None):
         if self._closing:
             return
+        if self._remote is not None:
+            if addr not in (None, self._remote):
+                raise ValueError(f"Invalid address: must be None or {self._remote}")
+            addr = self._remote  # the connected peer (sendto to it is send)
         if not self._out:
             try:
                 self._sock.sendto(data, addr)

@@ -13,5 +13,5 @@ def make_transport(loop, sock, protocol, extra):
             f"transport 'uring' needs the aiolowlat loop, not {type(loop).__module__}."
             f"{type(loop).__name__}: run with aiolowlat.run() or aiolowlat.install(), "
             "or use transport='kernel'")
-    return UringDatagramTransport(loop, sock, protocol, extra=extra,
-                                  timestamps=extra["timestamps"])
+    return UringDatagramTransport(loop, sock, protocol, address=extra.get("peername"),
+                                  extra=extra, timestamps=extra["timestamps"])
