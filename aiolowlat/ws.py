@@ -256,9 +256,9 @@ class WSTransport(asyncio.BufferedProtocol):
     def _opened(self):
         self.listener = self._listener_factory()
         self._on_frame = self.listener.on_ws_frame
-        append = getattr(self.listener, "_append", None)  # _Queue: (message, rx_ns) tuples
-        if append is not None:
-            self._fast_call, self._fast_arg = append, None
+        appends = getattr(self.listener, "_appends", None)  # _Queue: message, rx_ns
+        if appends is not None:
+            self._fast_call, self._fast_arg = appends, None
             self._after_read = self.listener.after_read
         else:
             self._fast_call, self._fast_arg = self._on_frame, self
@@ -494,19 +494,21 @@ class _Queue(WSListener):
     HIGH, LOW = 4096, 1024
 
     def __init__(self):
-        self.messages: deque = deque()
-        self._append = self.messages.append  # C appends a read's plain messages here
+        self.messages: deque = deque()  # str or bytes
+        self.rx_ns: deque = deque()  # each message's receive time
+        self._appends = (self.messages.append, self.rx_ns.append)  # where C puts them
         self.waiter: asyncio.Future | None = None
         self.paused = False
 
     def on_ws_frame(self, transport, frame):  # messages C did not take: deflated, fragmented
         opcode = frame.opcode
         if opcode == 1:
-            self._append((str(frame.payload, "utf-8"), frame.rx_ns))
+            self.messages.append(str(frame.payload, "utf-8"))
         elif opcode == 2:
-            self._append((bytes(frame.payload), frame.rx_ns))
+            self.messages.append(bytes(frame.payload))
         else:
             return
+        self.rx_ns.append(frame.rx_ns)
         self.after_read(transport)
 
     def after_read(self, transport):
@@ -569,7 +571,7 @@ class WebSocket:
                 raise self._closed_error()
             q.waiter = self._proto._loop.create_future()
             await q.waiter
-        msg, self.rx_ns = q.messages.popleft()
+        msg, self.rx_ns = q.messages.popleft(), q.rx_ns.popleft()
         if q.paused and len(q.messages) < q.LOW:
             q.paused = False
             self._proto.transport.resume_reading()
@@ -581,8 +583,8 @@ class WebSocket:
     async def __anext__(self):
         q = self._queue
         if q.messages and not q.paused:  # recv()'s common case, without its coroutine
-            msg, self.rx_ns = q.messages.popleft()
-            return msg
+            self.rx_ns = q.rx_ns.popleft()
+            return q.messages.popleft()
         try:
             return await self.recv()
         except ConnectionClosedOK:

@@ -354,16 +354,26 @@ static PyTypeObject WSFrameType = {
 };
 
 /* Hand plain messages i, i+1, ... of frames[0:n] (in buf) to on_frame(transport, frame);
- * or, when transport is None, to on_frame((text or bytes, frame.rx_ns)) (a queue's append:
- * the websockets-style recv()). Returns the index of the first one not taken, or -1 with
- * an exception set. */
+ * or, when transport is None, on_frame is a queue's (append_message, append_rx_ns) and each
+ * message (text or bytes) goes to the first, frame.rx_ns to the second: the websockets-
+ * style recv(). Two appends rather than one tuple: a queue of thousands of tuples would be
+ * scanned by every young-generation collection. Returns the index of the first message
+ * not taken, or -1 with an exception set. */
 static Py_ssize_t dispatch_frames(PyObject *buf, const uint64_t *frames, Py_ssize_t i,
                                   Py_ssize_t n, WSFrameObject *f, PyObject *on_frame,
                                   PyObject *transport)
 {
     PyObject *call_args[2] = {transport, (PyObject *)f};
-    PyObject *rx_ns = NULL;
+    PyObject *rx_ns = NULL, *append_msg = NULL, *append_rx = NULL;
     int queue = transport == Py_None;
+    if (queue) {
+        if (!PyTuple_Check(on_frame) || PyTuple_GET_SIZE(on_frame) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a queue is (append_message, append_rx_ns)");
+            return -1;
+        }
+        append_msg = PyTuple_GET_ITEM(on_frame, 0);
+        append_rx = PyTuple_GET_ITEM(on_frame, 1);
+    }
     for (; i < n; i++) {
         uint64_t meta = frames[2 * i], size = frames[2 * i + 1];
         uint8_t kind = (uint8_t)meta;
@@ -379,15 +389,12 @@ static Py_ssize_t dispatch_frames(PyObject *buf, const uint64_t *frames, Py_ssiz
             PyObject *msg = kind & 2 ? PyBytes_FromStringAndSize(data, (Py_ssize_t)size)
                                      : PyUnicode_DecodeUTF8(data, (Py_ssize_t)size, NULL);
             if (msg == NULL) goto error;
-            if (rx_ns == NULL && (rx_ns = PyLong_FromLongLong(f->rx_ns)) == NULL) {
-                Py_DECREF(msg);
-                goto error;
-            }
-            PyObject *item = PyTuple_Pack(2, msg, rx_ns);
+            r = PyObject_CallOneArg(append_msg, msg);
             Py_DECREF(msg);
-            if (item == NULL) goto error;
-            r = PyObject_CallOneArg(on_frame, item);
-            Py_DECREF(item);
+            if (r == NULL) goto error;
+            Py_DECREF(r);
+            if (rx_ns == NULL && (rx_ns = PyLong_FromLongLong(f->rx_ns)) == NULL) goto error;
+            r = PyObject_CallOneArg(append_rx, rx_ns);
         } else {
             PyObject *payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
             if (payload == NULL) goto error;

@@ -545,11 +545,14 @@ def test_c_dispatch_takes_plain_messages_and_stops_at_the_rest():
 
 def test_c_dispatch_queue_mode_gives_text_and_bytes_with_rx_ns():
     proto = open_client()
-    queue = []
+    messages, rx_ns = [], []
     n = scanned(proto, frame(1, "é".encode()) + frame(2, b"\xff") + frame(1, b"partial")[:-2])
     assert n == 2  # the partial frame waits
-    _py.dispatch(proto._buf, proto.frames_addr, 0, n, _py.WSFrame(0, b"", 7), queue.append, None)
-    assert queue == [("é", 7), (b"\xff", 7)]
+    queue = (messages.append, rx_ns.append)
+    _py.dispatch(proto._buf, proto.frames_addr, 0, n, _py.WSFrame(0, b"", 7), queue, None)
+    assert messages == ["é", b"\xff"] and rx_ns == [7, 7]
+    with pytest.raises(TypeError):
+        _py.dispatch(proto._buf, proto.frames_addr, 0, n, _py.WSFrame(), messages.append, None)
 
 
 def test_c_dispatch_refuses_bad_arguments():
@@ -561,7 +564,7 @@ def test_c_dispatch_refuses_bad_arguments():
     with pytest.raises(TypeError):
         _py.dispatch(proto._buf, proto.frames_addr, 0, 1, object(), print, None)
     with pytest.raises(ValueError, match="outside the receive buffer"):
-        _py.dispatch(bytearray(2), proto.frames_addr, 0, 1, f, print, None)
+        _py.dispatch(bytearray(2), proto.frames_addr, 0, 1, f, print, "t")
     with pytest.raises(TypeError):
         _py.dispatch(proto._buf, proto.frames_addr, 0, 1, f, print)
 
