@@ -27,7 +27,7 @@ def test_block_extraction():
 
 
 def test_the_guides_this_suite_knows_are_there():
-    assert {"loop.md", "transports.md", "multicast.md", "fix.md", "tuning.md",
+    assert {"loop.md", "transports.md", "websocket.md", "multicast.md", "fix.md", "tuning.md",
             "metrics.md"} <= {g.name for g in GUIDES}
 
 
