@@ -194,19 +194,25 @@ class Ring(selectors.BaseSelector):
             ns = _BUSY_SLICE_NS
         n = self._disp.run(ns)
         if n < 0:
-            if n == -errno.EEXIST:
-                raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
-                                   "(its io_uring has a single issuer)")
-            raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
+            self._wait_failed(n)
         if self.batching:
-            batching, self.batching = self.batching, []
-            for transport in batching:
-                transport._flush_batch()
-        ready = self._ready
-        if not ready:
-            return ready
-        self._ready = []
+            self._flush_batches()
+        ready = self._ready[:]
+        self._ready.clear()  # in place: the C loop core holds this list
         return ready
+
+    def _wait_failed(self, n):
+        if n == -errno.EEXIST:
+            raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
+                               "(its io_uring has a single issuer)")
+        raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
+
+    def _flush_batches(self):
+        """Hand each datagram transport's batch of this wait to its protocol."""
+        batching = self.batching[:]
+        self.batching.clear()  # in place: the C loop core holds this list
+        for transport in batching:
+            transport._flush_batch()
 
     def close(self):
         ring, self._ring = self._ring, None

@@ -8,15 +8,18 @@
  *                       transport's _on_* method or the op's callback;
  *   Writer(data)        a transport's write(): bytes go to al_conn_send without
  *                       a Python frame; anything unusual falls back to Python;
- *   run_ready(deque)    the loop's ready queue: each handle's callback run in
- *                       its context, errors to Handle._run's own handler.
+ *   LoopCore.run_once() asyncio's _run_once: timers, the wait (above), then
+ *                       the ready handles, each callback run in its context
+ *                       without Handle._run's Python frame.
  * The C core (csrc/uring.c, cffi module _uring) is reached through function
  * pointers handed over by Python, so both modules share one al_loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "uring.h"
 
@@ -27,8 +30,10 @@ typedef int64_t (*send_fn)(al_loop *, al_conn *, const char *, size_t);
 
 static PyObject *s_fast_proto, *s_data_received, *s_on_data, *s_on_dgram, *s_on_eof,
     *s_on_error, *s_on_drain, *s_on_released, *s_fatal_error, *s_on_error_attr,
-    *s_message, *s_exception, *s_write, *s_after_send, *s_cancelled,
-    *s_run;
+    *s_message, *s_exception, *s_write, *s_after_send, *s_cancelled, *s_run, *s_when,
+    *s_stopping, *s_debug, *s_scheduled, *s_append, *s_popleft, *s_drop_cancelled,
+    *s_flush_batches, *s_process_events, *s_run_ready_debug, *s_callback, *s_args, *s_context,
+    *s_handle_run;
 static PyObject *msg_data_failed, *msg_completion;
 
 /* ---- errors ---- */
@@ -261,15 +266,15 @@ static int dispatch_one(Dispatcher *self, int i)
     return report(self, msg_completion);
 }
 
-/* run(timeout_ns) -> events handled, or -errno from the wait. */
-static PyObject *Dispatcher_run(Dispatcher *self, PyObject *arg)
+/* Wait up to ns (<0: forever) and dispatch: the count of events, -errno from
+ * the wait, or PY_ERROR with a Python exception set. */
+enum { PY_ERROR = INT_MIN };
+
+static int dispatcher_wait(Dispatcher *self, int64_t ns)
 {
-    long long ns = PyLong_AsLongLong(arg);
-    if (ns == -1 && PyErr_Occurred())
-        return NULL;
     if (!self->ring) {
         PyErr_SetString(PyExc_RuntimeError, "the event loop's ring is closed");
-        return NULL;
+        return PY_ERROR;
     }
     int n;
     if (ns == 0) { /* no wait: not worth giving the GIL away */
@@ -281,8 +286,18 @@ static PyObject *Dispatcher_run(Dispatcher *self, PyObject *arg)
     }
     for (int i = 0; i < n; i++)
         if (dispatch_one(self, i) < 0)
-            return NULL;
-    return PyLong_FromLong(n);
+            return PY_ERROR;
+    return n;
+}
+
+/* run(timeout_ns) -> events handled, or -errno from the wait. */
+static PyObject *Dispatcher_run(Dispatcher *self, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    int n = dispatcher_wait(self, ns);
+    return n == PY_ERROR ? NULL : PyLong_FromLong(n);
 }
 
 static PyObject *Dispatcher_close(Dispatcher *self, PyObject *unused)
@@ -409,63 +424,315 @@ static PyTypeObject WriterType = {
     .tp_members = Writer_members,
 };
 
-/* ---- run_ready: the loop's ready queue ---- */
+/* ---- LoopCore: the loop's iteration (asyncio's _run_once) ---- */
 
-/* run_ready(ready, n): pop n handles off the deque and run the live ones, as
- * asyncio.Handle._run does (an exception goes to handle._run's own handling by
- * calling handle_error(handle, exc)). */
-static PyObject *run_ready(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop, *ready, *scheduled;  /* loop._ready (deque), loop._scheduled (heap) */
+    PyObject *ring_ready, *batching;     /* ring._ready (poll events), ring.batching */
+    PyObject *ring, *handle_types, *heappop, *report;
+    Dispatcher *disp;
+    double clock_resolution;
+    int busy_poll;
+} LoopCore;
+
+enum { BUSY_SLICE_NS = 1000000 }; /* a busy spin returns to Python this often, for signals */
+static const double MAX_SELECT_TIMEOUT = 24 * 3600;
+
+static double monotonic(void) /* time.monotonic(), which loop.time() returns */
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "run_ready(ready, n)");
-        return NULL;
-    }
-    PyObject *ready = args[0];
-    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *popleft = PyObject_GetAttrString(ready, "popleft");
-    if (!popleft)
-        return NULL;
-    PyObject *ret = NULL;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *h = PyObject_CallNoArgs(popleft);
-        if (!h)
-            goto done;
-        PyObject *cancelled = PyObject_GetAttr(h, s_cancelled);
-        if (!cancelled) {
-            Py_DECREF(h);
-            goto done;
-        }
-        int skip = PyObject_IsTrue(cancelled);
-        Py_DECREF(cancelled);
-        if (skip) {
-            Py_DECREF(h);
-            if (skip < 0)
-                goto done;
-            continue;
-        }
-        PyObject *r = PyObject_CallMethodNoArgs(h, s_run);
-        Py_DECREF(h);
-        if (!r)
-            goto done;
-        Py_DECREF(r);
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    Py_DECREF(popleft);
-    return ret;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static PyMethodDef module_methods[] = {
-    {"run_ready", (PyCFunction)(void (*)(void))run_ready, METH_FASTCALL,
-     "run_ready(ready, n): run n handles off the ready deque."},
+static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq;
+    double res;
+    int busy;
+    if (!PyArg_ParseTuple(args, "OOO!O!Odp", &loop, &ring, &DispatcherType, &disp, &PyTuple_Type,
+                          &handle_types, &report, &res, &busy))
+        return -1;
+    heapq = PyImport_ImportModule("heapq");
+    if (!heapq)
+        return -1;
+    Py_XSETREF(self->heappop, PyObject_GetAttrString(heapq, "heappop"));
+    Py_DECREF(heapq);
+    Py_XSETREF(self->ready, PyObject_GetAttrString(loop, "_ready"));
+    Py_XSETREF(self->scheduled, PyObject_GetAttrString(loop, "_scheduled"));
+    Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
+    Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
+    if (!self->heappop || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
+        return -1;
+    if (!PyList_CheckExact(self->scheduled) || !PyList_CheckExact(self->ring_ready) ||
+        !PyList_CheckExact(self->batching)) {
+        PyErr_SetString(PyExc_TypeError, "_scheduled, ring._ready and ring.batching must be lists");
+        return -1;
+    }
+    Py_XSETREF(self->loop, Py_NewRef(loop));
+    Py_XSETREF(self->ring, Py_NewRef(ring));
+    Py_XSETREF(self->disp, (Dispatcher *)Py_NewRef(disp));
+    Py_XSETREF(self->handle_types, Py_NewRef(handle_types));
+    Py_XSETREF(self->report, Py_NewRef(report));
+    self->clock_resolution = res;
+    self->busy_poll = busy;
+    return 0;
+}
+
+static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->scheduled);
+    Py_VISIT(self->ring_ready);
+    Py_VISIT(self->batching);
+    Py_VISIT(self->ring);
+    Py_VISIT(self->handle_types);
+    Py_VISIT(self->heappop);
+    Py_VISIT(self->report);
+    Py_VISIT(self->disp);
+    return 0;
+}
+
+static int LoopCore_clear(LoopCore *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->scheduled);
+    Py_CLEAR(self->ring_ready);
+    Py_CLEAR(self->batching);
+    Py_CLEAR(self->ring);
+    Py_CLEAR(self->handle_types);
+    Py_CLEAR(self->heappop);
+    Py_CLEAR(self->report);
+    Py_CLEAR(self->disp);
+    return 0;
+}
+
+static void LoopCore_dealloc(LoopCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    LoopCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* obj.name is true: 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+static int call_noargs(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* A TimerHandle's _when, or -1 with an exception. */
+static int handle_when(PyObject *h, double *when)
+{
+    PyObject *w = PyObject_GetAttr(h, s_when);
+    if (!w)
+        return -1;
+    *when = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* The wait's timeout in ns (-1: none), as asyncio's _run_once computes it. */
+static int iteration_timeout(LoopCore *self, int64_t *ns)
+{
+    *ns = -1;
+    int stopping = attr_true(self->loop, s_stopping);
+    if (stopping < 0)
+        return -1;
+    if (PyObject_Length(self->ready) > 0 || stopping) {
+        *ns = 0;
+    } else if (PyList_GET_SIZE(self->scheduled)) {
+        double when;
+        if (handle_when(PyList_GET_ITEM(self->scheduled, 0), &when) < 0)
+            return -1;
+        double t = when - monotonic();
+        t = t < 0 ? 0 : t > MAX_SELECT_TIMEOUT ? MAX_SELECT_TIMEOUT : t;
+        *ns = (int64_t)(t * 1e9);
+    }
+    if (self->busy_poll && (*ns < 0 || *ns > BUSY_SLICE_NS))
+        *ns = BUSY_SLICE_NS;
+    return 0;
+}
+
+/* Handle._run without its Python frame; an exception goes to report(handle, exc),
+ * which says what Handle._run would have said. */
+static int run_handle(LoopCore *self, PyObject *h)
+{
+    int known = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->handle_types); i++)
+        known |= Py_IS_TYPE(h, (PyTypeObject *)PyTuple_GET_ITEM(self->handle_types, i));
+    if (!known)
+        return call_noargs(h, s_handle_run);
+    PyObject *ctx = PyObject_GetAttr(h, s_context);
+    PyObject *cb = PyObject_GetAttr(h, s_callback);
+    PyObject *args = PyObject_GetAttr(h, s_args);
+    PyObject *r = NULL;
+    if (ctx && cb && args && PyTuple_Check(args)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(args);
+        PyObject *small[8];
+        PyObject **vec = n + 2 <= 8 ? small : PyMem_Malloc((n + 2) * sizeof(PyObject *));
+        if (vec) {
+            vec[0] = ctx;
+            vec[1] = cb;
+            for (Py_ssize_t i = 0; i < n; i++)
+                vec[i + 2] = PyTuple_GET_ITEM(args, i);
+            r = PyObject_VectorcallMethod(s_run, vec, (n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          NULL);
+            if (vec != small)
+                PyMem_Free(vec);
+        } else {
+            PyErr_NoMemory();
+        }
+    } else if (args && !PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "handle._args is not a tuple");
+    }
+    Py_XDECREF(ctx);
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (is_fatal_exit())
+        return -1;
+    PyObject *exc = take_exception();
+    r = PyObject_CallFunctionObjArgs(self->report, h, exc ? exc : Py_None, NULL);
+    Py_XDECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* Timers due by now (within the clock's resolution) join the ready queue. */
+static int collect_due_timers(LoopCore *self)
+{
+    PyObject *scheduled = self->scheduled;
+    if (!PyList_GET_SIZE(scheduled))
+        return 0;
+    double end = monotonic() + self->clock_resolution;
+    while (PyList_GET_SIZE(scheduled)) {
+        double when;
+        if (handle_when(PyList_GET_ITEM(scheduled, 0), &when) < 0)
+            return -1;
+        if (when >= end)
+            break;
+        PyObject *h = PyObject_CallOneArg(self->heappop, scheduled);
+        if (!h)
+            return -1;
+        int err = PyObject_SetAttr(h, s_scheduled, Py_False);
+        if (!err) {
+            PyObject *r = PyObject_CallMethodOneArg(self->ready, s_append, h);
+            err = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(h);
+        if (err)
+            return -1;
+    }
+    return 0;
+}
+
+/* One iteration of the loop: asyncio's BaseEventLoop._run_once, in C. */
+static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
+{
+    PyObject *scheduled = self->scheduled;
+    Py_ssize_t nsched = PyList_GET_SIZE(scheduled);
+    if (nsched) {
+        /* The Python side purges a heap full of cancelled timers, or cancelled heads. */
+        int head_cancelled = attr_true(PyList_GET_ITEM(scheduled, 0), s_cancelled);
+        if (head_cancelled < 0)
+            return NULL;
+        if ((head_cancelled || nsched > 100) && call_noargs(self->loop, s_drop_cancelled) < 0)
+            return NULL;
+    }
+    int64_t ns;
+    if (iteration_timeout(self, &ns) < 0)
+        return NULL;
+    int n = dispatcher_wait(self->disp, ns);
+    if (n == PY_ERROR)
+        return NULL;
+    if (n < 0) { /* the ring says why, as an exception */
+        PyObject *r = PyObject_CallMethod(self->ring, "_wait_failed", "i", n);
+        Py_XDECREF(r);
+        return NULL;
+    }
+    if (PyList_GET_SIZE(self->batching) && call_noargs(self->ring, s_flush_batches) < 0)
+        return NULL;
+    if (PyList_GET_SIZE(self->ring_ready)) {
+        PyObject *events = PyList_GetSlice(self->ring_ready, 0, PY_SSIZE_T_MAX);
+        if (!events || PyList_SetSlice(self->ring_ready, 0, PY_SSIZE_T_MAX, NULL) < 0) {
+            Py_XDECREF(events);
+            return NULL;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(self->loop, s_process_events, events);
+        Py_DECREF(events);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    if (collect_due_timers(self) < 0)
+        return NULL;
+    Py_ssize_t ntodo = PyObject_Length(self->ready);
+    if (ntodo <= 0)
+        return ntodo < 0 ? NULL : Py_NewRef(Py_None);
+    int debug = attr_true(self->loop, s_debug);
+    if (debug < 0)
+        return NULL;
+    if (debug) {
+        PyObject *count = PyLong_FromSsize_t(ntodo);
+        PyObject *r = count ? PyObject_CallMethodOneArg(self->loop, s_run_ready_debug, count) : NULL;
+        Py_XDECREF(count);
+        return r;
+    }
+    for (Py_ssize_t k = 0; k < ntodo; k++) {
+        PyObject *h = PyObject_CallMethodNoArgs(self->ready, s_popleft);
+        if (!h)
+            return NULL;
+        int cancelled = attr_true(h, s_cancelled);
+        int err = cancelled < 0 ? -1 : cancelled ? 0 : run_handle(self, h);
+        Py_DECREF(h);
+        if (err)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef LoopCore_methods[] = {
+    {"run_once", (PyCFunction)LoopCore_run_once, METH_NOARGS, "One iteration of the loop."},
     {NULL},
 };
 
+static PyTypeObject LoopCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.LoopCore",
+    .tp_doc = "LoopCore(loop, ring, dispatcher, handle_types, report, clock_resolution, "
+              "busy_poll): the loop's _run_once in C.",
+    .tp_basicsize = sizeof(LoopCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)LoopCore_init,
+    .tp_dealloc = (destructor)LoopCore_dealloc,
+    .tp_traverse = (traverseproc)LoopCore_traverse,
+    .tp_clear = (inquiry)LoopCore_clear,
+    .tp_methods = LoopCore_methods,
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "aiolowlat._native._evloop",
-    "The io_uring loop's per-event path in C.", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "aiolowlat._native._evloop", "The io_uring loop's per-event path in C.",
+    -1, NULL,
 };
 
 #define INTERN(var, text)                           \
@@ -489,16 +756,32 @@ PyMODINIT_FUNC PyInit__evloop(void)
     INTERN(s_write, "_write");
     INTERN(s_after_send, "_after_send");
     INTERN(s_cancelled, "_cancelled");
-    INTERN(s_run, "_run");
+    INTERN(s_run, "run");
+    INTERN(s_handle_run, "_run");
+    INTERN(s_when, "_when");
+    INTERN(s_stopping, "_stopping");
+    INTERN(s_debug, "_debug");
+    INTERN(s_scheduled, "_scheduled");
+    INTERN(s_append, "append");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_drop_cancelled, "_drop_cancelled_timers");
+    INTERN(s_flush_batches, "_flush_batches");
+    INTERN(s_process_events, "_process_events");
+    INTERN(s_run_ready_debug, "_run_ready_debug");
+    INTERN(s_callback, "_callback");
+    INTERN(s_args, "_args");
+    INTERN(s_context, "_context");
     INTERN(msg_data_failed, "Fatal error: protocol.data_received() call failed.");
     INTERN(msg_completion, "Exception in io_uring completion handler");
-    if (PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&WriterType) < 0)
+    if (PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&WriterType) < 0 ||
+        PyType_Ready(&LoopCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Dispatcher", (PyObject *)&DispatcherType) < 0 ||
-        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&LoopCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
