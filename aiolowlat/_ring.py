@@ -1,11 +1,13 @@
 """The loop's io_uring: a selectors.BaseSelector whose select() also dispatches completions.
 
-asyncio's loop calls ``select(timeout)`` once per iteration. Here that call submits
-every queued SQE and waits in one io_uring_enter, then hands each completion to
-its owner: stream connections get their bytes straight away (the protocol
-callback is the only Python work per event), one-shot operations call their
-callback, and poll completions (add_reader / add_writer) are returned to the
-loop as selector events, so readers and writers keep asyncio's semantics.
+Each loop iteration submits every queued SQE and waits in one io_uring_enter, then
+hands each completion to its owner. That per-event path is C (csrc/evloop.c,
+Dispatcher): a stream's bytes go straight to protocol.data_received (the protocol
+callback is the only Python work per event), other stream events to the
+transport's ``_on_*`` methods, one-shot operations to their callback; poll
+completions (add_reader / add_writer) come back to the loop as selector events, so
+readers and writers keep asyncio's semantics. The loop's iteration itself is
+C too (loop.py, LoopCore); ``select()`` remains for the selectors interface.
 """
 
 from __future__ import annotations

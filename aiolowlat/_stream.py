@@ -3,6 +3,11 @@
 Bytes arrive by a multishot recv into the loop's provided buffers; writes are
 copied into the C core's per-connection queue and sent in order, submitted with
 the loop's next wait. Semantics follow asyncio's _SelectorSocketTransport.
+
+The hot paths are C (csrc/evloop.c): bytes reach the protocol without a Python
+frame of ours while ``_fast_proto`` is set, and ``transport.write`` is a C Writer
+while ``_sync_fast_path`` says the connection takes bytes; everything else falls
+back to the Python methods here.
 """
 
 from __future__ import annotations
