@@ -20,7 +20,7 @@ enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG
 #define BGID 0
 
 enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
-       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_N };
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_N };
 
 struct al_loop {
     struct io_uring ring;
@@ -30,6 +30,12 @@ struct al_loop {
     unsigned nbufs, bufsize, mask;
     uint16_t *recycle; /* buffer ids handed to Python by the last al_wait */
     unsigned nrecycle;
+    /* The kernel takes provided buffers in ring order, so a ring holding all
+     * nbufs would cycle every receive through the whole pool (16 MiB by
+     * default) and miss the cache on each one. The ring holds only `target`
+     * buffers; the rest wait on a stack, most recently used on top. */
+    uint16_t *spare;
+    unsigned nspare, in_ring, target;
     int evfd;
     uint64_t evbuf;
     int busy_poll;
@@ -84,6 +90,8 @@ static int arm_wake(al_loop *l)
     return 0;
 }
 
+static void recycle_buffers(al_loop *l);
+
 /* liburing 2.3 lacks io_uring_setup_buf_ring: map and register it here. */
 static int setup_buf_ring(al_loop *l)
 {
@@ -99,9 +107,10 @@ static int setup_buf_ring(al_loop *l)
     }
     l->br = p;
     io_uring_buf_ring_init(l->br);
-    for (unsigned i = 0; i < l->nbufs; i++)
-        io_uring_buf_ring_add(l->br, l->pool + (size_t)i * l->bufsize, l->bufsize, i, l->mask, i);
-    io_uring_buf_ring_advance(l->br, l->nbufs);
+    for (unsigned i = l->nbufs; i-- > 0;) /* buffer 0 on top */
+        l->spare[l->nspare++] = (uint16_t)i;
+    l->target = l->nbufs < 64 ? l->nbufs : 64; /* doubled on each ENOBUFS */
+    recycle_buffers(l);
     return 0;
 }
 
@@ -179,8 +188,9 @@ al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int fla
     l->pool = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
                    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     l->recycle = calloc(nbufs, sizeof *l->recycle);
+    l->spare = calloc(nbufs, sizeof *l->spare);
     l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (l->pool == MAP_FAILED || !l->recycle || l->evfd < 0) {
+    if (l->pool == MAP_FAILED || !l->recycle || !l->spare || l->evfd < 0) {
         ret = -ENOMEM;
         if (l->pool == MAP_FAILED)
             l->pool = NULL;
@@ -210,6 +220,7 @@ void al_loop_free(al_loop *l)
     if (l->evfd >= 0)
         close(l->evfd);
     free(l->recycle);
+    free(l->spare);
     free(l);
 }
 
@@ -566,6 +577,8 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out
             post(o, c->token, AL_EV_EOF, 0, 0);
     } else if (r == -ENOBUFS) {
         l->stats[ST_ENOBUFS]++; /* re-armed below, after the pool is recycled */
+        if (l->target < l->nbufs)
+            l->target *= 2; /* a burst wanted more buffers than the ring held */
     } else if (r != -ECANCELED) {
         c->recv_done = !c->dgram; /* a datagram socket reports and goes on */
         if (!c->closing)
@@ -581,14 +594,19 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out
 
 static void recycle_buffers(al_loop *l)
 {
-    for (unsigned i = 0; i < l->nrecycle; i++) {
-        unsigned bid = l->recycle[i];
-        io_uring_buf_ring_add(l->br, l->pool + (size_t)bid * l->bufsize, l->bufsize, bid,
-                              l->mask, (int)i);
-    }
-    if (l->nrecycle)
-        io_uring_buf_ring_advance(l->br, (int)l->nrecycle);
+    for (unsigned i = 0; i < l->nrecycle; i++)
+        l->spare[l->nspare++] = l->recycle[i];
     l->nrecycle = 0;
+    unsigned added = 0;
+    while (l->in_ring + added < l->target && l->nspare) {
+        unsigned bid = l->spare[--l->nspare];
+        io_uring_buf_ring_add(l->br, l->pool + (size_t)bid * l->bufsize, l->bufsize, bid, l->mask,
+                              (int)added++);
+    }
+    if (added) {
+        io_uring_buf_ring_advance(l->br, (int)added);
+        l->in_ring += added;
+    }
 }
 
 static int64_t now_ns(void)
@@ -662,6 +680,8 @@ static void reap(al_loop *l, struct out *o, int max, int *woken)
         void *ptr = (void *)(uintptr_t)(ud & ~TAG_MASK);
         if (tag != TAG_IGNORE && !(cqe->flags & IORING_CQE_F_MORE))
             l->inflight--;
+        if (cqe->flags & IORING_CQE_F_BUFFER)
+            l->in_ring--; /* the kernel took one from the ring */
         switch (tag) {
         case TAG_PY:
             post(o, ud >> 3, AL_EV_OP, cqe->res, cqe->flags);
@@ -699,6 +719,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64
         /* Python is done with the bytes it was handed (or none were handed). */
         recycle_buffers(l);
         int stop = enter(l, timeout_ns);
+        l->stats[ST_WAITS]++;
         if (stop < 0)
             return stop;
         int woken = 0;
