@@ -229,7 +229,7 @@ class UringStreamTransport(UringTransport, transports.Transport):
         _set_nodelay(sock)
 
     def _open_conn(self):
-        conn = lib.al_conn_new(self._c, self._sock_fd, self._token)
+        conn = lib.al_stream_new(self._c, self._sock_fd, self._token)
         # An instance attribute: protocols call transport.write straight into C.
         self.write = self._writer = Writer(self, int(ffi.cast("uintptr_t", self._c)),
                                            _CONN_SEND)

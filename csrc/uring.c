@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -36,6 +37,10 @@ struct al_loop {
      * buffers; the rest wait on a stack, most recently used on top. */
     uint16_t *spare;
     unsigned nspare, in_ring, target;
+    /* Stream sockets sit in the ring's file table (IOSQE_FIXED_FILE): no file
+     * lookup and reference per recv and send. free_slots is a stack. */
+    int *free_slots;
+    unsigned nfree_slots;
     int evfd;
     uint64_t evbuf;
     int busy_poll;
@@ -48,6 +53,7 @@ struct al_conn {
     al_loop *l;
     uint64_t token;
     int fd;
+    int slot; /* index in the ring's file table, or -1: use fd */
     unsigned recv_armed : 1, recv_want : 1, recv_cancelling : 1, recv_done : 1;
     unsigned send_inflight : 1, closing : 1, aborting : 1, shut_wr : 1, notify_drain : 1;
     unsigned dgram : 1;
@@ -141,6 +147,21 @@ static int init_ring(al_loop *l, unsigned entries, int flags)
     return ret;
 }
 
+enum { FILE_SLOTS = 8192 };
+
+static void setup_file_table(al_loop *l)
+{
+    struct rlimit rl;
+    unsigned n = FILE_SLOTS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+        n = (unsigned)rl.rlim_cur; /* the kernel refuses a table larger than this */
+    l->free_slots = calloc(n, sizeof *l->free_slots);
+    if (!l->free_slots || io_uring_register_files_sparse(&l->ring, n) != 0)
+        return;
+    for (unsigned i = n; i-- > 0;)
+        l->free_slots[l->nfree_slots++] = (int)i;
+}
+
 static pid_t current_tid(void)
 {
     static __thread pid_t tid;
@@ -198,6 +219,8 @@ al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int fla
         ret = setup_buf_ring(l);
         if (!ret)
             ret = arm_wake(l);
+        if (!ret)
+            setup_file_table(l); /* an optimisation: without it, conns go by fd */
     }
     if (ret) {
         *err = ret;
@@ -221,6 +244,7 @@ void al_loop_free(al_loop *l)
         close(l->evfd);
     free(l->recycle);
     free(l->spare);
+    free(l->free_slots);
     free(l);
 }
 
@@ -245,8 +269,42 @@ al_conn *al_conn_new(al_loop *l, int fd, uint64_t token)
     if (c) {
         c->l = l;
         c->fd = fd;
+        c->slot = -1;
         c->token = token;
     }
+    return c;
+}
+
+/* Put a stream socket in the file table; without a free slot (or if the kernel
+ * refuses), the conn simply goes on by fd. */
+static void take_slot(al_loop *l, al_conn *c)
+{
+    if (!l->nfree_slots)
+        return;
+    int slot = l->free_slots[l->nfree_slots - 1];
+    if (io_uring_register_files_update(&l->ring, (unsigned)slot, &c->fd, 1) == 1) {
+        l->nfree_slots--;
+        c->slot = slot;
+    }
+}
+
+/* The conn is done with the kernel: give its slot back (the table's reference
+ * to the socket goes, so closing the fd closes it), then free it. */
+static void release_conn(al_loop *l, al_conn *c)
+{
+    if (c->slot >= 0) {
+        int none = -1;
+        if (io_uring_register_files_update(&l->ring, (unsigned)c->slot, &none, 1) == 1)
+            l->free_slots[l->nfree_slots++] = c->slot;
+    }
+    al_conn_free(c);
+}
+
+al_conn *al_stream_new(al_loop *l, int fd, uint64_t token)
+{
+    al_conn *c = al_conn_new(l, fd, token);
+    if (c)
+        take_slot(l, c);
     return c;
 }
 
@@ -320,7 +378,9 @@ static int arm_recv(al_loop *l, al_conn *c)
     if (c->dgram)
         io_uring_prep_recvmsg_multishot(sqe, c->fd, &c->rmsg, 0);
     else
-        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+        io_uring_prep_recv_multishot(sqe, c->slot >= 0 ? c->slot : c->fd, NULL, 0, 0);
+    if (c->slot >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
     set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
@@ -366,8 +426,10 @@ static int submit_send(al_loop *l, al_conn *c)
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe)
         return -EBUSY;
-    io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                       MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_prep_send(sqe, c->slot >= 0 ? c->slot : c->fd, c->out + c->out_off,
+                       c->out_len - c->out_off, MSG_NOSIGNAL | MSG_WAITALL);
+    if (c->slot >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
     set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
     c->send_inflight = 1;
     l->stats[ST_SENDS]++;
@@ -459,7 +521,7 @@ static int maybe_finish(al_loop *l, al_conn *c, struct out *o)
         return 0;
     }
     post(o, c->token, AL_EV_CLOSED, 0, 0);
-    al_conn_free(c);
+    release_conn(l, c);
     return 1;
 }
 
@@ -481,7 +543,7 @@ int al_conn_close(al_loop *l, al_conn *c, int abort)
         cancel_recv(l, c);
         return 0;
     }
-    al_conn_free(c);
+    release_conn(l, c);
     return 1;
 }
 
