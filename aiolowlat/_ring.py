@@ -1,11 +1,13 @@
 """The loop's io_uring: a selectors.BaseSelector whose select() also dispatches completions.
 
-asyncio's loop calls ``select(timeout)`` once per iteration. Here that call submits
-every queued SQE and waits in one io_uring_enter, then hands each completion to
-its owner: stream connections get their bytes straight away (the protocol
-callback is the only Python work per event), one-shot operations call their
-callback, and poll completions (add_reader / add_writer) are returned to the
-loop as selector events, so readers and writers keep asyncio's semantics.
+Each loop iteration submits every queued SQE and waits in one io_uring_enter, then
+hands each completion to its owner. That per-event path is C (csrc/evloop.c,
+Dispatcher): a stream's bytes go straight to protocol.data_received (the protocol
+callback is the only Python work per event), other stream events to the
+transport's ``_on_*`` methods, one-shot operations to their callback; poll
+completions (add_reader / add_writer) come back to the loop as selector events, so
+readers and writers keep asyncio's semantics. The loop's iteration itself is
+C too (loop.py, LoopCore); ``select()`` remains for the selectors interface.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import select as _select
 import selectors
 
 from ._native import ffi, lib
+from ._native._evloop import Dispatcher
 
 EV_OP, EV_DATA, EV_EOF, EV_ERR, EV_DRAIN, EV_CLOSED, EV_DGRAM = range(7)
 CQE_F_MORE = 1 << 1  # IORING_CQE_F_MORE: a multishot op stays armed
@@ -25,7 +28,12 @@ _POLL_WRITE = _select.POLLOUT | _select.POLLERR | _select.POLLHUP
 _MAX_EVENTS = 1024
 _BUSY_SLICE_NS = 1_000_000  # a busy spin returns to Python this often, so signals run
 STAT_NAMES = ("cqes", "enobufs", "recv_arms", "sends", "short_sends", "sq_full",
-              "dgram_truncated", "dgram_bad")
+              "dgram_truncated", "dgram_bad", "waits")
+
+
+def _address(cdata) -> int:
+    """A C pointer as an int, to hand it to the _evloop extension."""
+    return int(ffi.cast("uintptr_t", cdata))
 
 
 class UringUnavailableError(OSError):
@@ -65,13 +73,6 @@ class Ring(selectors.BaseSelector):
         self.pool = memoryview(ffi.buffer(lib.al_loop_pool(ring), lib.al_loop_pool_size(ring)))
         self.busy_poll = busy_poll
         self.on_error = None  # the loop's call_exception_handler
-        self._c_arrays = (ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"),
-                          ffi.new(f"uint64_t[{_MAX_EVENTS}]"), ffi.new(f"int64_t[{_MAX_EVENTS}]"))
-        toks, res, aux, stamps = self._c_arrays
-        self._toks = memoryview(ffi.buffer(toks)).cast("Q")
-        self._res = memoryview(ffi.buffer(res)).cast("q")
-        self._aux = memoryview(ffi.buffer(aux)).cast("Q")
-        self._stamps = memoryview(ffi.buffer(stamps)).cast("q")
         self.batching = []  # transports holding a batch to hand over after this dispatch
         self._next_token = 1
         self.ops = {}     # token -> callback(res, cqe_flags), for py ops
@@ -80,6 +81,9 @@ class Ring(selectors.BaseSelector):
         self._map = selectors._SelectorMapping(self)  # looks up by fd or file object
         self._poll_tok = {}  # fd -> token of its armed poll
         self._ready = []  # selector events gathered during one select()
+        # The wait and the per-event dispatch run in C (see csrc/evloop.c).
+        self._disp = Dispatcher(_address(ring), _address(ffi.addressof(lib, "al_wait")),
+                                _address(lib.al_loop_pool(ring)), self, self.conns, self.ops)
 
     # -- plumbing shared by the loop and its transports --
 
@@ -190,66 +194,34 @@ class Ring(selectors.BaseSelector):
             ns = max(0, int(timeout * 1e9))
         if self.busy_poll and (ns < 0 or ns > _BUSY_SLICE_NS):
             ns = _BUSY_SLICE_NS
-        toks, res, aux, stamps = self._c_arrays
-        n = lib.al_wait(self.c, ns, toks, res, aux, stamps, _MAX_EVENTS)
+        n = self._disp.run(ns)
         if n < 0:
-            if n == -errno.EEXIST:
-                raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
-                                   "(its io_uring has a single issuer)")
-            raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
-        if n:
-            self._dispatch(n)
-        ready = self._ready
-        self._ready = []
+            self._wait_failed(n)
+        if self.batching:
+            self._flush_batches()
+        ready = self._ready[:]
+        self._ready.clear()  # in place: the C loop core holds this list
         return ready
 
-    def _dispatch(self, n):
-        conns = self.conns
-        ops = self.ops
-        if n == 1:  # the latency case: skip building lists
-            batch = ((self._toks[0], self._res[0], self._aux[0], 0),)
-        else:
-            batch = zip(self._toks[:n].tolist(), self._res[:n].tolist(), self._aux[:n].tolist(),
-                        range(n))
-        for tok, r, a, i in batch:
-            kind = tok & 7
-            tok >>= 3
-            try:
-                if kind == EV_OP:
-                    cb = ops[tok] if a & CQE_F_MORE else ops.pop(tok)
-                    cb(r, a)
-                    continue
-                conn = conns.get(tok)
-                if conn is None:  # closed by a callback earlier in this batch: stale
-                    continue
-                if kind == EV_DATA:
-                    conn._on_data(r, a)
-                elif kind == EV_DGRAM:
-                    conn._on_dgram(r, a, self._stamps[i])
-                elif kind == EV_EOF:
-                    conn._on_eof()
-                elif kind == EV_ERR:
-                    conn._on_error(r)
-                elif kind == EV_DRAIN:
-                    conn._on_drain()
-                elif kind == EV_CLOSED:
-                    del conns[tok]
-                    conn._on_released()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:  # one bad callback must not lose the rest of the batch
-                self.on_error({"message": "Exception in io_uring completion handler",
-                               "exception": exc})
-        if self.batching:
-            batching, self.batching = self.batching, []
-            for transport in batching:
-                transport._flush_batch()
+    def _wait_failed(self, n):
+        if n == -errno.EEXIST:
+            raise RuntimeError("an aiolowlat loop runs only on the thread that first ran it "
+                               "(its io_uring has a single issuer)")
+        raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
+
+    def _flush_batches(self):
+        """Hand each datagram transport's batch of this wait to its protocol."""
+        batching = self.batching[:]
+        self.batching.clear()  # in place: the C loop core holds this list
+        for transport in batching:
+            transport._flush_batch()
 
     def close(self):
         ring, self._ring = self._ring, None
         if ring is None:
             return
         self.pool = None
+        self._disp.close()
         lib.al_loop_free(ring)  # the kernel cancels every op still in flight
         for transport in list(self.conns.values()):
             transport._on_ring_closed()

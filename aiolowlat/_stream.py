@@ -3,6 +3,11 @@
 Bytes arrive by a multishot recv into the loop's provided buffers; writes are
 copied into the C core's per-connection queue and sent in order, submitted with
 the loop's next wait. Semantics follow asyncio's _SelectorSocketTransport.
+
+The hot paths are C (csrc/evloop.c): bytes reach the protocol without a Python
+frame of ours while ``_fast_proto`` is set, and ``transport.write`` is a C Writer
+while ``_sync_fast_path`` says the connection takes bytes; everything else falls
+back to the Python methods here.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from asyncio import constants, futures, protocols, transports
 from asyncio.log import logger
 
 from ._native import ffi, lib
+from ._native._evloop import Writer
 
 _conn_send = lib.al_conn_send
+_CONN_SEND = int(ffi.cast("uintptr_t", ffi.addressof(lib, "al_conn_send")))
 
 
 def _set_nodelay(sock):
@@ -28,6 +35,8 @@ class UringTransport(transports._FlowControlMixin):
     """What stream and datagram transports share: the C conn, reading, closing."""
 
     _sock = None
+    _fast_proto = None  # the protocol, when the C dispatcher may call data_received itself
+    _writer = None      # a stream's write() in C (Writer), when it has one
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
@@ -82,6 +91,20 @@ class UringTransport(transports._FlowControlMixin):
     def set_protocol(self, protocol):
         self._protocol = protocol
         self._protocol_connected = True
+        self._sync_fast_path()
+
+    def _sync_fast_path(self):
+        """Tell the C side what it may do without Python: deliver bytes, send bytes."""
+        writer = self._writer
+        if writer is not None:
+            live = self._conn is not None and not self._closing and not self._conn_lost
+            writer.conn = int(ffi.cast("uintptr_t", self._conn)) if live else 0
+            writer.high_water = self._high_water
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        super()._set_write_buffer_limits(high, low)
+        if self._writer is not None:
+            self._writer.high_water = self._high_water
 
     def get_protocol(self):
         return self._protocol
@@ -102,6 +125,7 @@ class UringTransport(transports._FlowControlMixin):
         if self._closing or self._paused:
             return
         self._paused = True
+        self._sync_fast_path()
         if self._conn is not None:
             lib.al_conn_recv_stop(self._c, self._conn)
 
@@ -109,12 +133,14 @@ class UringTransport(transports._FlowControlMixin):
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._sync_fast_path()
         self._loop.call_soon(self._drain_stash)
 
     def _drain_stash(self):
         """Deliver, in order, what raced with pause_reading(); then read again."""
         while self._stash and not self._paused and not self._conn_lost:
             self._deliver_stashed(self._stash.pop(0))
+        self._sync_fast_path()
         self._start_reading()
 
     def _on_drain(self):
@@ -129,6 +155,7 @@ class UringTransport(transports._FlowControlMixin):
         if self._closing:
             return
         self._closing = True
+        self._sync_fast_path()
         self._release(abort=False)
 
     def abort(self):
@@ -149,6 +176,7 @@ class UringTransport(transports._FlowControlMixin):
             return
         self._closing = True
         self._lost_exc = exc
+        self._sync_fast_path()
         self._release(abort=True)
 
     def _release(self, abort):
@@ -163,6 +191,7 @@ class UringTransport(transports._FlowControlMixin):
 
     def _on_released(self):
         self._conn = None
+        self._sync_fast_path()
         if not self._conn_lost:
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, self._lost_exc)
@@ -172,6 +201,7 @@ class UringTransport(transports._FlowControlMixin):
         if self._conn is not None:
             lib.al_conn_free(self._conn)
             self._conn = None
+            self._sync_fast_path()
 
     def _call_connection_lost(self, exc):
         try:
@@ -181,6 +211,7 @@ class UringTransport(transports._FlowControlMixin):
             self._sock.close()
             self._sock = None
             self._protocol = None
+            self._fast_proto = None
             self._loop._transports.pop(self._sock_fd, None)
             self._loop = None
             server, self._server = self._server, None
@@ -193,16 +224,27 @@ class UringStreamTransport(UringTransport, transports.Transport):
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(loop, sock, protocol, waiter, extra, server)
         self._eof = False  # write_eof() called
+        super().__init__(loop, sock, protocol, waiter, extra, server)
         _set_nodelay(sock)
 
     def _open_conn(self):
-        return lib.al_conn_new(self._c, self._sock_fd, self._token)
+        conn = lib.al_stream_new(self._c, self._sock_fd, self._token)
+        # An instance attribute: protocols call transport.write straight into C.
+        self.write = self._writer = Writer(self, int(ffi.cast("uintptr_t", self._c)),
+                                           _CONN_SEND)
+        return conn
 
     def set_protocol(self, protocol):
-        super().set_protocol(protocol)
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        super().set_protocol(protocol)
+
+    def _sync_fast_path(self):
+        super()._sync_fast_path()
+        if self._writer is not None and self._eof:
+            self._writer.conn = 0
+        direct = not (self._buffered or self._paused or self._stash)
+        self._fast_proto = self._protocol if direct else None
 
     def _deliver_stashed(self, item):
         if item is None:
@@ -214,6 +256,7 @@ class UringStreamTransport(UringTransport, transports.Transport):
         data = self._pool[off:off + n].tobytes()
         if self._paused or self._stash:  # keep order behind what is stashed
             self._stash.append(data)
+            self._sync_fast_path()
         elif self._buffered:
             self._deliver(data)
         else:  # the hot path: one Python call per event, the protocol's
@@ -250,6 +293,7 @@ class UringStreamTransport(UringTransport, transports.Transport):
             return
         if self._paused or self._stash:
             self._stash.append(None)
+            self._sync_fast_path()
             return
         if self._loop.get_debug():
             logger.debug("%r received EOF", self)
@@ -272,6 +316,11 @@ class UringStreamTransport(UringTransport, transports.Transport):
     # -- writing --
 
     def write(self, data):
+        """Python's side of write(): the C Writer (self.write) comes here for what it
+        does not handle itself (not bytes, closing, closed, after write_eof)."""
+        self._write(data)
+
+    def _write(self, data):
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"data argument must be a bytes-like object, "
@@ -286,7 +335,10 @@ class UringStreamTransport(UringTransport, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._writes_after_close += 1  # not _conn_lost: connection_lost must still come
             return
-        pending = _conn_send(self._c, self._conn, data, len(data))
+        self._after_send(_conn_send(self._c, self._conn, data, len(data)))
+
+    def _after_send(self, pending):
+        """Bytes were queued: fail on an error, pause the protocol above the high water."""
         if pending < 0:
             self._fatal_error(OSError(-pending, os.strerror(-pending)),
                               "Fatal write error on socket transport")
@@ -302,6 +354,7 @@ class UringStreamTransport(UringTransport, transports.Transport):
         if self._closing or self._eof:
             return
         self._eof = True
+        self._sync_fast_path()
         if self._conn is not None:
             lib.al_conn_shutdown_wr(self._c, self._conn)
 

@@ -18,13 +18,14 @@ import os
 import socket
 import sys
 import weakref
-from asyncio import base_events, constants
+from asyncio import base_events, constants, events, format_helpers
 from collections import deque
 
 import msgspec
 
 from ._datagram import UringDatagramTransport, pack_sockaddr
 from ._native import ffi, lib
+from ._native._evloop import LoopCore
 from ._ring import CQE_F_MORE, Ring
 from ._stream import UringStreamTransport
 
@@ -51,6 +52,9 @@ class Loop(asyncio.SelectorEventLoop):
         self._unclaimed = weakref.WeakKeyDictionary()  # sock -> results of cancelled calls
         super().__init__(selector=ring)
         ring.on_error = self.call_exception_handler
+        self._core = LoopCore(self, ring, ring._disp, (events.Handle, events.TimerHandle),
+                              _report_handle_error, self._clock_resolution, busy_poll)
+        self._run_once = self._core.run_once  # run_forever calls it: skip a Python frame
 
     @property
     def busy_poll(self) -> bool:
@@ -61,33 +65,8 @@ class Loop(asyncio.SelectorEventLoop):
         return self._ring.stats()
 
     def _run_once(self):
-        """asyncio's iteration, trimmed: each step is skipped when it has nothing to do."""
-        scheduled = self._scheduled
-        if scheduled:
-            self._drop_cancelled_timers()
-        if self._ready or self._stopping:
-            timeout = 0
-        elif scheduled:
-            timeout = min(max(0, scheduled[0]._when - self.time()),
-                          base_events.MAXIMUM_SELECT_TIMEOUT)
-        else:
-            timeout = None
-        event_list = self._ring.select(timeout)
-        if event_list:
-            self._process_events(event_list)
-        ready = self._ready
-        if scheduled:
-            end_time = self.time() + self._clock_resolution
-            while scheduled and scheduled[0]._when < end_time:
-                handle = heapq.heappop(scheduled)
-                handle._scheduled = False
-                ready.append(handle)
-        if self._debug:
-            return self._run_ready_debug(len(ready))
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
+        """One iteration, asyncio's, in C (csrc/evloop.c LoopCore.run_once)."""
+        self._core.run_once()
 
     def _drop_cancelled_timers(self):
         scheduled = self._scheduled
@@ -270,6 +249,15 @@ class Loop(asyncio.SelectorEventLoop):
         if kept is not None:
             return kept
         return await self._sock_op(sock, lib.al_op_accept, _accepted_socket, keep="accept")
+
+
+def _report_handle_error(handle, exc):
+    """What asyncio's Handle._run says when its callback raises (LoopCore ran the callback)."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 def _accepted_socket(fd):

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -20,7 +21,7 @@ enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG
 #define BGID 0
 
 enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
-       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_N };
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_N };
 
 struct al_loop {
     struct io_uring ring;
@@ -30,6 +31,16 @@ struct al_loop {
     unsigned nbufs, bufsize, mask;
     uint16_t *recycle; /* buffer ids handed to Python by the last al_wait */
     unsigned nrecycle;
+    /* The kernel takes provided buffers in ring order, so a ring holding all
+     * nbufs would cycle every receive through the whole pool (16 MiB by
+     * default) and miss the cache on each one. The ring holds only `target`
+     * buffers; the rest wait on a stack, most recently used on top. */
+    uint16_t *spare;
+    unsigned nspare, in_ring, target;
+    /* Stream sockets sit in the ring's file table (IOSQE_FIXED_FILE): no file
+     * lookup and reference per recv and send. free_slots is a stack. */
+    int *free_slots;
+    unsigned nfree_slots;
     int evfd;
     uint64_t evbuf;
     int busy_poll;
@@ -42,6 +53,7 @@ struct al_conn {
     al_loop *l;
     uint64_t token;
     int fd;
+    int slot; /* index in the ring's file table, or -1: use fd */
     unsigned recv_armed : 1, recv_want : 1, recv_cancelling : 1, recv_done : 1;
     unsigned send_inflight : 1, closing : 1, aborting : 1, shut_wr : 1, notify_drain : 1;
     unsigned dgram : 1;
@@ -84,6 +96,8 @@ static int arm_wake(al_loop *l)
     return 0;
 }
 
+static void recycle_buffers(al_loop *l);
+
 /* liburing 2.3 lacks io_uring_setup_buf_ring: map and register it here. */
 static int setup_buf_ring(al_loop *l)
 {
@@ -99,9 +113,10 @@ static int setup_buf_ring(al_loop *l)
     }
     l->br = p;
     io_uring_buf_ring_init(l->br);
-    for (unsigned i = 0; i < l->nbufs; i++)
-        io_uring_buf_ring_add(l->br, l->pool + (size_t)i * l->bufsize, l->bufsize, i, l->mask, i);
-    io_uring_buf_ring_advance(l->br, l->nbufs);
+    for (unsigned i = l->nbufs; i-- > 0;) /* buffer 0 on top */
+        l->spare[l->nspare++] = (uint16_t)i;
+    l->target = l->nbufs < 64 ? l->nbufs : 64; /* doubled on each ENOBUFS */
+    recycle_buffers(l);
     return 0;
 }
 
@@ -130,6 +145,21 @@ static int init_ring(al_loop *l, unsigned entries, int flags)
         ret = io_uring_queue_init_params(entries, &l->ring, &p);
     }
     return ret;
+}
+
+enum { FILE_SLOTS = 8192 };
+
+static void setup_file_table(al_loop *l)
+{
+    struct rlimit rl;
+    unsigned n = FILE_SLOTS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+        n = (unsigned)rl.rlim_cur; /* the kernel refuses a table larger than this */
+    l->free_slots = calloc(n, sizeof *l->free_slots);
+    if (!l->free_slots || io_uring_register_files_sparse(&l->ring, n) != 0)
+        return;
+    for (unsigned i = n; i-- > 0;)
+        l->free_slots[l->nfree_slots++] = (int)i;
 }
 
 static pid_t current_tid(void)
@@ -179,8 +209,9 @@ al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int fla
     l->pool = mmap(NULL, (size_t)nbufs * bufsize, PROT_READ | PROT_WRITE,
                    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     l->recycle = calloc(nbufs, sizeof *l->recycle);
+    l->spare = calloc(nbufs, sizeof *l->spare);
     l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (l->pool == MAP_FAILED || !l->recycle || l->evfd < 0) {
+    if (l->pool == MAP_FAILED || !l->recycle || !l->spare || l->evfd < 0) {
         ret = -ENOMEM;
         if (l->pool == MAP_FAILED)
             l->pool = NULL;
@@ -188,6 +219,8 @@ al_loop *al_loop_new(unsigned entries, unsigned nbufs, unsigned bufsize, int fla
         ret = setup_buf_ring(l);
         if (!ret)
             ret = arm_wake(l);
+        if (!ret)
+            setup_file_table(l); /* an optimisation: without it, conns go by fd */
     }
     if (ret) {
         *err = ret;
@@ -210,6 +243,8 @@ void al_loop_free(al_loop *l)
     if (l->evfd >= 0)
         close(l->evfd);
     free(l->recycle);
+    free(l->spare);
+    free(l->free_slots);
     free(l);
 }
 
@@ -234,8 +269,42 @@ al_conn *al_conn_new(al_loop *l, int fd, uint64_t token)
     if (c) {
         c->l = l;
         c->fd = fd;
+        c->slot = -1;
         c->token = token;
     }
+    return c;
+}
+
+/* Put a stream socket in the file table; without a free slot (or if the kernel
+ * refuses), the conn simply goes on by fd. */
+static void take_slot(al_loop *l, al_conn *c)
+{
+    if (!l->nfree_slots)
+        return;
+    int slot = l->free_slots[l->nfree_slots - 1];
+    if (io_uring_register_files_update(&l->ring, (unsigned)slot, &c->fd, 1) == 1) {
+        l->nfree_slots--;
+        c->slot = slot;
+    }
+}
+
+/* The conn is done with the kernel: give its slot back (the table's reference
+ * to the socket goes, so closing the fd closes it), then free it. */
+static void release_conn(al_loop *l, al_conn *c)
+{
+    if (c->slot >= 0) {
+        int none = -1;
+        if (io_uring_register_files_update(&l->ring, (unsigned)c->slot, &none, 1) == 1)
+            l->free_slots[l->nfree_slots++] = c->slot;
+    }
+    al_conn_free(c);
+}
+
+al_conn *al_stream_new(al_loop *l, int fd, uint64_t token)
+{
+    al_conn *c = al_conn_new(l, fd, token);
+    if (c)
+        take_slot(l, c);
     return c;
 }
 
@@ -309,7 +378,9 @@ static int arm_recv(al_loop *l, al_conn *c)
     if (c->dgram)
         io_uring_prep_recvmsg_multishot(sqe, c->fd, &c->rmsg, 0);
     else
-        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+        io_uring_prep_recv_multishot(sqe, c->slot >= 0 ? c->slot : c->fd, NULL, 0, 0);
+    if (c->slot >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
     set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
@@ -355,8 +426,10 @@ static int submit_send(al_loop *l, al_conn *c)
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe)
         return -EBUSY;
-    io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                       MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_prep_send(sqe, c->slot >= 0 ? c->slot : c->fd, c->out + c->out_off,
+                       c->out_len - c->out_off, MSG_NOSIGNAL | MSG_WAITALL);
+    if (c->slot >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
     set_ud(l, sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
     c->send_inflight = 1;
     l->stats[ST_SENDS]++;
@@ -448,7 +521,7 @@ static int maybe_finish(al_loop *l, al_conn *c, struct out *o)
         return 0;
     }
     post(o, c->token, AL_EV_CLOSED, 0, 0);
-    al_conn_free(c);
+    release_conn(l, c);
     return 1;
 }
 
@@ -470,7 +543,7 @@ int al_conn_close(al_loop *l, al_conn *c, int abort)
         cancel_recv(l, c);
         return 0;
     }
-    al_conn_free(c);
+    release_conn(l, c);
     return 1;
 }
 
@@ -566,6 +639,8 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out
             post(o, c->token, AL_EV_EOF, 0, 0);
     } else if (r == -ENOBUFS) {
         l->stats[ST_ENOBUFS]++; /* re-armed below, after the pool is recycled */
+        if (l->target < l->nbufs)
+            l->target *= 2; /* a burst wanted more buffers than the ring held */
     } else if (r != -ECANCELED) {
         c->recv_done = !c->dgram; /* a datagram socket reports and goes on */
         if (!c->closing)
@@ -581,14 +656,19 @@ static void on_recv(al_loop *l, al_conn *c, struct io_uring_cqe *cqe, struct out
 
 static void recycle_buffers(al_loop *l)
 {
-    for (unsigned i = 0; i < l->nrecycle; i++) {
-        unsigned bid = l->recycle[i];
-        io_uring_buf_ring_add(l->br, l->pool + (size_t)bid * l->bufsize, l->bufsize, bid,
-                              l->mask, (int)i);
-    }
-    if (l->nrecycle)
-        io_uring_buf_ring_advance(l->br, (int)l->nrecycle);
+    for (unsigned i = 0; i < l->nrecycle; i++)
+        l->spare[l->nspare++] = l->recycle[i];
     l->nrecycle = 0;
+    unsigned added = 0;
+    while (l->in_ring + added < l->target && l->nspare) {
+        unsigned bid = l->spare[--l->nspare];
+        io_uring_buf_ring_add(l->br, l->pool + (size_t)bid * l->bufsize, l->bufsize, bid, l->mask,
+                              (int)added++);
+    }
+    if (added) {
+        io_uring_buf_ring_advance(l->br, (int)added);
+        l->in_ring += added;
+    }
 }
 
 static int64_t now_ns(void)
@@ -662,6 +742,8 @@ static void reap(al_loop *l, struct out *o, int max, int *woken)
         void *ptr = (void *)(uintptr_t)(ud & ~TAG_MASK);
         if (tag != TAG_IGNORE && !(cqe->flags & IORING_CQE_F_MORE))
             l->inflight--;
+        if (cqe->flags & IORING_CQE_F_BUFFER)
+            l->in_ring--; /* the kernel took one from the ring */
         switch (tag) {
         case TAG_PY:
             post(o, ud >> 3, AL_EV_OP, cqe->res, cqe->flags);
@@ -699,6 +781,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64
         /* Python is done with the bytes it was handed (or none were handed). */
         recycle_buffers(l);
         int stop = enter(l, timeout_ns);
+        l->stats[ST_WAITS]++;
         if (stop < 0)
             return stop;
         int woken = 0;

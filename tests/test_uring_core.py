@@ -105,6 +105,41 @@ def test_recv_buffer_exhaustion_recovers_without_loss():
         loop.close()
 
 
+def test_bursts_beyond_the_buffers_in_the_ring_arrive_whole():
+    # The ring holds a few of the pool's buffers (hot in the cache) and takes more
+    # when a burst runs it dry: sixteen streams at once, every byte in order.
+    loop = aiolowlat.new_event_loop(recv_buffers=512, recv_buffer_size=4096)
+    size = 1024 * 1024
+    payloads = [os.urandom(size) for _ in range(16)]
+    try:
+        async def main():
+            dones = []
+
+            def factory():
+                dones.append(loop.create_future())
+                return Collect(size, dones[-1])
+
+            server = await loop.create_server(factory, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            writers = []
+            for _ in payloads:
+                tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+                writers.append(tr)
+            await asyncio.sleep(0.01)
+            for tr, payload in zip(writers, payloads):
+                tr.write(payload)
+            digests = await asyncio.gather(*dones)
+            assert sorted(digests) == sorted(hashlib.sha256(p).hexdigest() for p in payloads)
+            for tr in writers:
+                tr.close()
+            server.close()
+            await server.wait_closed()
+
+        run(loop, main(), timeout=30)
+    finally:
+        loop.close()
+
+
 def test_loop_made_in_one_thread_runs_in_another():
     loop = aiolowlat.new_event_loop()  # the ring is claimed by the first thread that waits
     result = []

@@ -1,0 +1,789 @@
+/* aiolowlat._native._evloop: the loop's per-event path in C (CPython C API).
+ *
+ * cffi is fine for set-up calls, but per event it cost a Python frame per
+ * completion, a GIL release per call and a bound method per transport. Here:
+ *   Dispatcher.run(ns)  waits once (al_wait; the GIL is held when ns == 0) and
+ *                       hands each completion to its owner: a stream's bytes go
+ *                       straight to protocol.data_received, the rest to the
+ *                       transport's _on_* method or the op's callback;
+ *   Writer(data)        a transport's write(): bytes go to al_conn_send without
+ *                       a Python frame; anything unusual falls back to Python;
+ *   LoopCore.run_once() asyncio's _run_once: timers, the wait (above), then
+ *                       the ready handles, each callback run in its context
+ *                       without Handle._run's Python frame.
+ * The C core (csrc/uring.c, cffi module _uring) is reached through function
+ * pointers handed over by Python, so both modules share one al_loop.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <limits.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "uring.h"
+
+enum { MAX_EVENTS = 1024, CQE_F_MORE = 1 << 1 };
+
+typedef int (*wait_fn)(al_loop *, int64_t, uint64_t *, int64_t *, uint64_t *, int64_t *, int);
+typedef int64_t (*send_fn)(al_loop *, al_conn *, const char *, size_t);
+
+static PyObject *s_fast_proto, *s_data_received, *s_on_data, *s_on_dgram, *s_on_eof,
+    *s_on_error, *s_on_drain, *s_on_released, *s_fatal_error, *s_on_error_attr,
+    *s_message, *s_exception, *s_write, *s_after_send, *s_cancelled, *s_run, *s_when,
+    *s_stopping, *s_debug, *s_scheduled, *s_append, *s_popleft, *s_drop_cancelled,
+    *s_flush_batches, *s_process_events, *s_run_ready_debug, *s_callback, *s_args, *s_context,
+    *s_handle_run;
+static PyObject *msg_data_failed, *msg_completion;
+
+/* ---- errors ---- */
+
+static int is_fatal_exit(void)
+{
+    return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+}
+
+/* The pending exception, normalized, with its traceback attached; clears it. */
+static PyObject *take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* ---- Dispatcher ---- */
+
+typedef struct {
+    PyObject_HEAD
+    al_loop *ring;
+    wait_fn wait;
+    unsigned char *pool;
+    PyObject *owner; /* the Ring: its on_error reports a failed callback */
+    PyObject *conns, *ops;
+    uint64_t toks[MAX_EVENTS], aux[MAX_EVENTS];
+    int64_t res[MAX_EVENTS], stamps[MAX_EVENTS];
+} Dispatcher;
+
+static int Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kw)
+{
+    unsigned long long ring, wait, pool;
+    PyObject *owner, *conns, *ops;
+    if (!PyArg_ParseTuple(args, "KKKOO!O!", &ring, &wait, &pool, &owner, &PyDict_Type, &conns,
+                          &PyDict_Type, &ops))
+        return -1;
+    self->ring = (al_loop *)(uintptr_t)ring;
+    self->wait = (wait_fn)(uintptr_t)wait;
+    self->pool = (unsigned char *)(uintptr_t)pool;
+    Py_XSETREF(self->owner, Py_NewRef(owner));
+    Py_XSETREF(self->conns, Py_NewRef(conns));
+    Py_XSETREF(self->ops, Py_NewRef(ops));
+    return 0;
+}
+
+static int Dispatcher_traverse(Dispatcher *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->conns);
+    Py_VISIT(self->ops);
+    return 0;
+}
+
+static int Dispatcher_clear(Dispatcher *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->conns);
+    Py_CLEAR(self->ops);
+    return 0;
+}
+
+static void Dispatcher_dealloc(Dispatcher *self)
+{
+    PyObject_GC_UnTrack(self);
+    Dispatcher_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A callback failed (not SystemExit/KeyboardInterrupt): owner.on_error({...}),
+ * as the Python dispatcher did, so one bad callback does not lose the batch. */
+static int report(Dispatcher *self, PyObject *message)
+{
+    PyObject *exc = take_exception();
+    PyObject *ctx = PyDict_New();
+    PyObject *r = NULL;
+    if (ctx && PyDict_SetItem(ctx, s_message, message) == 0 &&
+        PyDict_SetItem(ctx, s_exception, exc ? exc : Py_None) == 0) {
+        PyObject *handler = PyObject_GetAttr(self->owner, s_on_error_attr);
+        if (handler) {
+            r = PyObject_CallOneArg(handler, ctx);
+            Py_DECREF(handler);
+        }
+    }
+    Py_XDECREF(exc);
+    Py_XDECREF(ctx);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Bytes for a stream: protocol.data_received(bytes) when the transport allows
+ * it (_fast_proto set: reading, nothing stashed, not a BufferedProtocol). */
+static PyObject *deliver_data(Dispatcher *self, PyObject *conn, int64_t n, uint64_t off)
+{
+    PyObject *proto = PyObject_GetAttr(conn, s_fast_proto);
+    if (!proto)
+        return NULL;
+    if (proto == Py_None) {
+        Py_DECREF(proto);
+        PyObject *args[] = {conn, PyLong_FromLongLong(n), PyLong_FromUnsignedLongLong(off)};
+        PyObject *r = NULL;
+        if (args[1] && args[2])
+            r = PyObject_VectorcallMethod(s_on_data, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_XDECREF(args[1]);
+        Py_XDECREF(args[2]);
+        return r;
+    }
+    PyObject *data = PyBytes_FromStringAndSize((const char *)self->pool + off, (Py_ssize_t)n);
+    PyObject *r = NULL;
+    if (data) {
+        PyObject *args[] = {proto, data};
+        r = PyObject_VectorcallMethod(s_data_received, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      NULL);
+        Py_DECREF(data);
+    }
+    Py_DECREF(proto);
+    if (r || is_fatal_exit())
+        return r;
+    /* As the transport's _on_data: the protocol failed, the connection goes. */
+    PyObject *exc = take_exception();
+    PyObject *fargs[] = {conn, exc ? exc : Py_None, msg_data_failed};
+    r = PyObject_VectorcallMethod(s_fatal_error, fargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(exc);
+    return r;
+}
+
+static PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b,
+                             PyObject *c)
+{
+    PyObject *args[] = {obj, a, b, c};
+    size_t n = 1 + (a != NULL) + (b != NULL) + (c != NULL);
+    return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *conn_event(Dispatcher *self, PyObject *tok, PyObject *conn, int kind, int i)
+{
+    int64_t r = self->res[i];
+    PyObject *a = NULL, *b = NULL, *c = NULL, *out = NULL;
+    switch (kind) {
+    case AL_EV_DATA:
+        return deliver_data(self, conn, r, self->aux[i]);
+    case AL_EV_DGRAM:
+        a = PyLong_FromLongLong(r);
+        b = PyLong_FromUnsignedLongLong(self->aux[i]);
+        c = PyLong_FromLongLong(self->stamps[i]);
+        if (a && b && c)
+            out = call_method(conn, s_on_dgram, a, b, c);
+        break;
+    case AL_EV_EOF:
+        return call_method(conn, s_on_eof, NULL, NULL, NULL);
+    case AL_EV_ERR:
+        a = PyLong_FromLongLong(r);
+        if (a)
+            out = call_method(conn, s_on_error, a, NULL, NULL);
+        break;
+    case AL_EV_DRAIN:
+        return call_method(conn, s_on_drain, NULL, NULL, NULL);
+    case AL_EV_CLOSED:
+        if (PyDict_DelItem(self->conns, tok) < 0)
+            return NULL;
+        return call_method(conn, s_on_released, NULL, NULL, NULL);
+    default:
+        Py_RETURN_NONE;
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    return out;
+}
+
+static PyObject *op_event(Dispatcher *self, PyObject *tok, int i)
+{
+    uint64_t flags = self->aux[i];
+    PyObject *cb = PyDict_GetItemWithError(self->ops, tok);
+    if (!cb) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, tok);
+        return NULL;
+    }
+    Py_INCREF(cb);
+    if (!(flags & CQE_F_MORE) && PyDict_DelItem(self->ops, tok) < 0) {
+        Py_DECREF(cb);
+        return NULL;
+    }
+    PyObject *args[] = {NULL, PyLong_FromLongLong(self->res[i]), PyLong_FromUnsignedLongLong(flags)};
+    PyObject *out = NULL;
+    if (args[1] && args[2])
+        out = PyObject_Vectorcall(cb, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    Py_DECREF(cb);
+    return out;
+}
+
+/* One event; -1 only when the exception must propagate (SystemExit & co.). */
+static int dispatch_one(Dispatcher *self, int i)
+{
+    uint64_t t = self->toks[i];
+    int kind = (int)(t & 7);
+    PyObject *tok = PyLong_FromUnsignedLongLong(t >> 3);
+    PyObject *out = NULL;
+    if (!tok)
+        return -1;
+    if (kind == AL_EV_OP) {
+        out = op_event(self, tok, i);
+    } else {
+        PyObject *conn = PyDict_GetItemWithError(self->conns, tok);
+        if (conn) {
+            Py_INCREF(conn); /* a callback may drop it from conns */
+            out = conn_event(self, tok, conn, kind, i);
+            Py_DECREF(conn);
+        } else if (!PyErr_Occurred()) {
+            out = Py_NewRef(Py_None); /* closed by a callback earlier in this batch: stale */
+        }
+    }
+    Py_DECREF(tok);
+    if (out) {
+        Py_DECREF(out);
+        return 0;
+    }
+    if (is_fatal_exit())
+        return -1;
+    return report(self, msg_completion);
+}
+
+/* Wait up to ns (<0: forever) and dispatch: the count of events, -errno from
+ * the wait, or PY_ERROR with a Python exception set. */
+enum { PY_ERROR = INT_MIN };
+
+static int dispatcher_wait(Dispatcher *self, int64_t ns)
+{
+    if (!self->ring) {
+        PyErr_SetString(PyExc_RuntimeError, "the event loop's ring is closed");
+        return PY_ERROR;
+    }
+    int n;
+    if (ns == 0) { /* no wait: not worth giving the GIL away */
+        n = self->wait(self->ring, 0, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        n = self->wait(self->ring, ns, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
+        Py_END_ALLOW_THREADS
+    }
+    for (int i = 0; i < n; i++)
+        if (dispatch_one(self, i) < 0)
+            return PY_ERROR;
+    return n;
+}
+
+/* run(timeout_ns) -> events handled, or -errno from the wait. */
+static PyObject *Dispatcher_run(Dispatcher *self, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    int n = dispatcher_wait(self, ns);
+    return n == PY_ERROR ? NULL : PyLong_FromLong(n);
+}
+
+static PyObject *Dispatcher_close(Dispatcher *self, PyObject *unused)
+{
+    self->ring = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Dispatcher_methods[] = {
+    {"run", (PyCFunction)Dispatcher_run, METH_O, "Wait up to ns (-1: forever) and dispatch."},
+    {"close", (PyCFunction)Dispatcher_close, METH_NOARGS, "Forget the ring (it is freed)."},
+    {NULL},
+};
+
+static PyTypeObject DispatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.Dispatcher",
+    .tp_doc = "Dispatcher(ring, al_wait, pool, owner, conns, ops): the loop's wait and dispatch.",
+    .tp_basicsize = sizeof(Dispatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Dispatcher_init,
+    .tp_dealloc = (destructor)Dispatcher_dealloc,
+    .tp_traverse = (traverseproc)Dispatcher_traverse,
+    .tp_clear = (inquiry)Dispatcher_clear,
+    .tp_methods = Dispatcher_methods,
+};
+
+/* ---- Writer: a stream transport's write() ---- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    al_loop *ring;
+    unsigned long long conn; /* al_conn *, 0 while writes must take the Python path */
+    long long high_water;
+    send_fn send;
+    PyObject *transport; /* a weak reference: the transport holds us */
+} Writer;
+
+static PyObject *writer_slow(Writer *self, PyObject *name, PyObject *arg)
+{
+    PyObject *t = PyWeakref_GetObject(self->transport);
+    if (!t)
+        return NULL;
+    if (t == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    Py_INCREF(t);
+    PyObject *r = PyObject_CallMethodOneArg(t, name, arg);
+    Py_DECREF(t);
+    return r;
+}
+
+static PyObject *Writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "write() takes exactly one argument (data)");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (!self->conn || !PyBytes_CheckExact(data))
+        return writer_slow(self, s_write, data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (len == 0)
+        Py_RETURN_NONE;
+    int64_t pending = self->send(self->ring, (al_conn *)(uintptr_t)self->conn,
+                                 PyBytes_AS_STRING(data), (size_t)len);
+    if (pending >= 0 && pending <= self->high_water)
+        Py_RETURN_NONE;
+    PyObject *p = PyLong_FromLongLong(pending);
+    if (!p)
+        return NULL;
+    PyObject *r = writer_slow(self, s_after_send, p);
+    Py_DECREF(p);
+    return r;
+}
+
+static int Writer_init(Writer *self, PyObject *args, PyObject *kw)
+{
+    PyObject *transport;
+    unsigned long long ring, send;
+    if (!PyArg_ParseTuple(args, "OKK", &transport, &ring, &send))
+        return -1;
+    PyObject *ref = PyWeakref_NewRef(transport, NULL);
+    if (!ref)
+        return -1;
+    Py_XSETREF(self->transport, ref);
+    self->ring = (al_loop *)(uintptr_t)ring;
+    self->send = (send_fn)(uintptr_t)send;
+    self->conn = 0;
+    self->high_water = 0;
+    self->vectorcall = (vectorcallfunc)Writer_vectorcall;
+    return 0;
+}
+
+static void Writer_dealloc(Writer *self)
+{
+    Py_CLEAR(self->transport);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Writer_members[] = {
+    {"conn", T_ULONGLONG, offsetof(Writer, conn), 0, "al_conn address; 0: Python path"},
+    {"high_water", T_LONGLONG, offsetof(Writer, high_water), 0, "pending bytes that pause"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Writer, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.Writer",
+    .tp_doc = "Writer(transport, ring, al_conn_send): the transport's write() in C.",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Writer, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Writer_init,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_members = Writer_members,
+};
+
+/* ---- LoopCore: the loop's iteration (asyncio's _run_once) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop, *ready, *scheduled;  /* loop._ready (deque), loop._scheduled (heap) */
+    PyObject *ring_ready, *batching;     /* ring._ready (poll events), ring.batching */
+    PyObject *ring, *handle_types, *heappop, *report;
+    Dispatcher *disp;
+    double clock_resolution;
+    int busy_poll;
+} LoopCore;
+
+enum { BUSY_SLICE_NS = 1000000 }; /* a busy spin returns to Python this often, for signals */
+static const double MAX_SELECT_TIMEOUT = 24 * 3600;
+
+static double monotonic(void) /* time.monotonic(), which loop.time() returns */
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq;
+    double res;
+    int busy;
+    if (!PyArg_ParseTuple(args, "OOO!O!Odp", &loop, &ring, &DispatcherType, &disp, &PyTuple_Type,
+                          &handle_types, &report, &res, &busy))
+        return -1;
+    heapq = PyImport_ImportModule("heapq");
+    if (!heapq)
+        return -1;
+    Py_XSETREF(self->heappop, PyObject_GetAttrString(heapq, "heappop"));
+    Py_DECREF(heapq);
+    Py_XSETREF(self->ready, PyObject_GetAttrString(loop, "_ready"));
+    Py_XSETREF(self->scheduled, PyObject_GetAttrString(loop, "_scheduled"));
+    Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
+    Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
+    if (!self->heappop || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
+        return -1;
+    if (!PyList_CheckExact(self->scheduled) || !PyList_CheckExact(self->ring_ready) ||
+        !PyList_CheckExact(self->batching)) {
+        PyErr_SetString(PyExc_TypeError, "_scheduled, ring._ready and ring.batching must be lists");
+        return -1;
+    }
+    Py_XSETREF(self->loop, Py_NewRef(loop));
+    Py_XSETREF(self->ring, Py_NewRef(ring));
+    Py_XSETREF(self->disp, (Dispatcher *)Py_NewRef(disp));
+    Py_XSETREF(self->handle_types, Py_NewRef(handle_types));
+    Py_XSETREF(self->report, Py_NewRef(report));
+    self->clock_resolution = res;
+    self->busy_poll = busy;
+    return 0;
+}
+
+static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->scheduled);
+    Py_VISIT(self->ring_ready);
+    Py_VISIT(self->batching);
+    Py_VISIT(self->ring);
+    Py_VISIT(self->handle_types);
+    Py_VISIT(self->heappop);
+    Py_VISIT(self->report);
+    Py_VISIT(self->disp);
+    return 0;
+}
+
+static int LoopCore_clear(LoopCore *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->scheduled);
+    Py_CLEAR(self->ring_ready);
+    Py_CLEAR(self->batching);
+    Py_CLEAR(self->ring);
+    Py_CLEAR(self->handle_types);
+    Py_CLEAR(self->heappop);
+    Py_CLEAR(self->report);
+    Py_CLEAR(self->disp);
+    return 0;
+}
+
+static void LoopCore_dealloc(LoopCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    LoopCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* obj.name is true: 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+static int call_noargs(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* A TimerHandle's _when, or -1 with an exception. */
+static int handle_when(PyObject *h, double *when)
+{
+    PyObject *w = PyObject_GetAttr(h, s_when);
+    if (!w)
+        return -1;
+    *when = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* The wait's timeout in ns (-1: none), as asyncio's _run_once computes it. */
+static int iteration_timeout(LoopCore *self, int64_t *ns)
+{
+    *ns = -1;
+    int stopping = attr_true(self->loop, s_stopping);
+    if (stopping < 0)
+        return -1;
+    if (PyObject_Length(self->ready) > 0 || stopping) {
+        *ns = 0;
+    } else if (PyList_GET_SIZE(self->scheduled)) {
+        double when;
+        if (handle_when(PyList_GET_ITEM(self->scheduled, 0), &when) < 0)
+            return -1;
+        double t = when - monotonic();
+        t = t < 0 ? 0 : t > MAX_SELECT_TIMEOUT ? MAX_SELECT_TIMEOUT : t;
+        *ns = (int64_t)(t * 1e9);
+    }
+    if (self->busy_poll && (*ns < 0 || *ns > BUSY_SLICE_NS))
+        *ns = BUSY_SLICE_NS;
+    return 0;
+}
+
+/* Handle._run without its Python frame; an exception goes to report(handle, exc),
+ * which says what Handle._run would have said. */
+static int run_handle(LoopCore *self, PyObject *h)
+{
+    int known = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->handle_types); i++)
+        known |= Py_IS_TYPE(h, (PyTypeObject *)PyTuple_GET_ITEM(self->handle_types, i));
+    if (!known)
+        return call_noargs(h, s_handle_run);
+    PyObject *ctx = PyObject_GetAttr(h, s_context);
+    PyObject *cb = PyObject_GetAttr(h, s_callback);
+    PyObject *args = PyObject_GetAttr(h, s_args);
+    PyObject *r = NULL;
+    if (ctx && cb && args && PyTuple_Check(args)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(args);
+        PyObject *small[8];
+        PyObject **vec = n + 2 <= 8 ? small : PyMem_Malloc((n + 2) * sizeof(PyObject *));
+        if (vec) {
+            vec[0] = ctx;
+            vec[1] = cb;
+            for (Py_ssize_t i = 0; i < n; i++)
+                vec[i + 2] = PyTuple_GET_ITEM(args, i);
+            r = PyObject_VectorcallMethod(s_run, vec, (n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          NULL);
+            if (vec != small)
+                PyMem_Free(vec);
+        } else {
+            PyErr_NoMemory();
+        }
+    } else if (args && !PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "handle._args is not a tuple");
+    }
+    Py_XDECREF(ctx);
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (is_fatal_exit())
+        return -1;
+    PyObject *exc = take_exception();
+    r = PyObject_CallFunctionObjArgs(self->report, h, exc ? exc : Py_None, NULL);
+    Py_XDECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* Timers due by now (within the clock's resolution) join the ready queue. */
+static int collect_due_timers(LoopCore *self)
+{
+    PyObject *scheduled = self->scheduled;
+    if (!PyList_GET_SIZE(scheduled))
+        return 0;
+    double end = monotonic() + self->clock_resolution;
+    while (PyList_GET_SIZE(scheduled)) {
+        double when;
+        if (handle_when(PyList_GET_ITEM(scheduled, 0), &when) < 0)
+            return -1;
+        if (when >= end)
+            break;
+        PyObject *h = PyObject_CallOneArg(self->heappop, scheduled);
+        if (!h)
+            return -1;
+        int err = PyObject_SetAttr(h, s_scheduled, Py_False);
+        if (!err) {
+            PyObject *r = PyObject_CallMethodOneArg(self->ready, s_append, h);
+            err = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(h);
+        if (err)
+            return -1;
+    }
+    return 0;
+}
+
+/* One iteration of the loop: asyncio's BaseEventLoop._run_once, in C. */
+static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
+{
+    PyObject *scheduled = self->scheduled;
+    Py_ssize_t nsched = PyList_GET_SIZE(scheduled);
+    if (nsched) {
+        /* The Python side purges a heap full of cancelled timers, or cancelled heads. */
+        int head_cancelled = attr_true(PyList_GET_ITEM(scheduled, 0), s_cancelled);
+        if (head_cancelled < 0)
+            return NULL;
+        if ((head_cancelled || nsched > 100) && call_noargs(self->loop, s_drop_cancelled) < 0)
+            return NULL;
+    }
+    int64_t ns;
+    if (iteration_timeout(self, &ns) < 0)
+        return NULL;
+    int n = dispatcher_wait(self->disp, ns);
+    if (n == PY_ERROR)
+        return NULL;
+    if (n < 0) { /* the ring says why, as an exception */
+        PyObject *r = PyObject_CallMethod(self->ring, "_wait_failed", "i", n);
+        Py_XDECREF(r);
+        return NULL;
+    }
+    if (PyList_GET_SIZE(self->batching) && call_noargs(self->ring, s_flush_batches) < 0)
+        return NULL;
+    if (PyList_GET_SIZE(self->ring_ready)) {
+        PyObject *events = PyList_GetSlice(self->ring_ready, 0, PY_SSIZE_T_MAX);
+        if (!events || PyList_SetSlice(self->ring_ready, 0, PY_SSIZE_T_MAX, NULL) < 0) {
+            Py_XDECREF(events);
+            return NULL;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(self->loop, s_process_events, events);
+        Py_DECREF(events);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    if (collect_due_timers(self) < 0)
+        return NULL;
+    Py_ssize_t ntodo = PyObject_Length(self->ready);
+    if (ntodo <= 0)
+        return ntodo < 0 ? NULL : Py_NewRef(Py_None);
+    int debug = attr_true(self->loop, s_debug);
+    if (debug < 0)
+        return NULL;
+    if (debug) {
+        PyObject *count = PyLong_FromSsize_t(ntodo);
+        PyObject *r = count ? PyObject_CallMethodOneArg(self->loop, s_run_ready_debug, count) : NULL;
+        Py_XDECREF(count);
+        return r;
+    }
+    for (Py_ssize_t k = 0; k < ntodo; k++) {
+        PyObject *h = PyObject_CallMethodNoArgs(self->ready, s_popleft);
+        if (!h)
+            return NULL;
+        int cancelled = attr_true(h, s_cancelled);
+        int err = cancelled < 0 ? -1 : cancelled ? 0 : run_handle(self, h);
+        Py_DECREF(h);
+        if (err)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef LoopCore_methods[] = {
+    {"run_once", (PyCFunction)LoopCore_run_once, METH_NOARGS, "One iteration of the loop."},
+    {NULL},
+};
+
+static PyTypeObject LoopCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.LoopCore",
+    .tp_doc = "LoopCore(loop, ring, dispatcher, handle_types, report, clock_resolution, "
+              "busy_poll): the loop's _run_once in C.",
+    .tp_basicsize = sizeof(LoopCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)LoopCore_init,
+    .tp_dealloc = (destructor)LoopCore_dealloc,
+    .tp_traverse = (traverseproc)LoopCore_traverse,
+    .tp_clear = (inquiry)LoopCore_clear,
+    .tp_methods = LoopCore_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "aiolowlat._native._evloop", "The io_uring loop's per-event path in C.",
+    -1, NULL,
+};
+
+#define INTERN(var, text)                           \
+    if (!(var = PyUnicode_InternFromString(text))) \
+        return NULL
+
+PyMODINIT_FUNC PyInit__evloop(void)
+{
+    INTERN(s_fast_proto, "_fast_proto");
+    INTERN(s_data_received, "data_received");
+    INTERN(s_on_data, "_on_data");
+    INTERN(s_on_dgram, "_on_dgram");
+    INTERN(s_on_eof, "_on_eof");
+    INTERN(s_on_error, "_on_error");
+    INTERN(s_on_drain, "_on_drain");
+    INTERN(s_on_released, "_on_released");
+    INTERN(s_fatal_error, "_fatal_error");
+    INTERN(s_on_error_attr, "on_error");
+    INTERN(s_message, "message");
+    INTERN(s_exception, "exception");
+    INTERN(s_write, "_write");
+    INTERN(s_after_send, "_after_send");
+    INTERN(s_cancelled, "_cancelled");
+    INTERN(s_run, "run");
+    INTERN(s_handle_run, "_run");
+    INTERN(s_when, "_when");
+    INTERN(s_stopping, "_stopping");
+    INTERN(s_debug, "_debug");
+    INTERN(s_scheduled, "_scheduled");
+    INTERN(s_append, "append");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_drop_cancelled, "_drop_cancelled_timers");
+    INTERN(s_flush_batches, "_flush_batches");
+    INTERN(s_process_events, "_process_events");
+    INTERN(s_run_ready_debug, "_run_ready_debug");
+    INTERN(s_callback, "_callback");
+    INTERN(s_args, "_args");
+    INTERN(s_context, "_context");
+    INTERN(msg_data_failed, "Fatal error: protocol.data_received() call failed.");
+    INTERN(msg_completion, "Exception in io_uring completion handler");
+    if (PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&WriterType) < 0 ||
+        PyType_Ready(&LoopCoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Dispatcher", (PyObject *)&DispatcherType) < 0 ||
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&LoopCoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
