@@ -15,9 +15,10 @@ Latency ("one_way"): a publisher process on the same core sends packets stamped
 with time.time_ns(); the receiver records callback time minus send time.
 
 Over a veth pair ("count_veth", "one_way_veth"; root: namespaces, XDP): the same
-burst multicast from namespace b to a group that namespace a receives on the kernel,
-uring, af_xdp and dpdk transports, so the kernel-bypass rows have a same-path peer
-(their ratio column is to the kernel transport over veth). count_veth: every
+burst multicast from namespace b to a group that namespace a receives with asyncio's
+endpoint and on the kernel, uring, af_xdp and dpdk transports, so every row has a
+same-path peer (count_veth's ratio column is to asyncio's endpoint over veth,
+one_way_veth's to the kernel transport). count_veth: every
 datagram of the burst waits in the socket buffer or in the engine's ring (the engine
 thread, on core 1, took all of them: none lost) before the timed drain.
 one_way_veth: the busy-polling aiolowlat loop on core 1 (the engines run inline on
@@ -61,8 +62,9 @@ CASES = [
     ("aiolowlat-uring", "aiolowlat", "uring", "batch"),
 ]
 
-# Over veth: every transport on the aiolowlat loop, the batch path.
+# Over veth: asyncio's endpoint as the baseline, every transport's batch path.
 VETH_CASES = [
+    ("asyncio-endpoint", "asyncio", None, "datagram"),
     ("aiolowlat-kernel", "aiolowlat", "kernel", "batch"),
     ("aiolowlat-uring", "aiolowlat", "uring", "batch"),
     ("aiolowlat-af_xdp", "aiolowlat", "af_xdp", "batch"),
@@ -271,7 +273,8 @@ async def ingest_veth(case, pair, packets, want, rounds):
     _, _, transport, _ = case
     rates = []
     for _ in range(rounds):
-        factory = lambda: BatchCounter(want, None)  # noqa: E731
+        factory = (lambda: BatchCounter(want, None)) if case[3] == "batch" \
+            else (lambda: Counter(want, None))
         if transport in ENGINES:
             tr, proto = await _open_engine(pair, transport, factory, busy=False)
             tr.pause_reading()
@@ -293,7 +296,12 @@ async def ingest_veth(case, pair, packets, want, rounds):
             _send_burst(pair, packets)
             await asyncio.sleep(0.05)  # the receive softirq may trail the last send
             started = time.perf_counter()
-            tr, proto = await open_datagram_endpoint(factory, transport=transport, sock=sock)
+            if transport is None:
+                tr, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+                    factory, sock=sock)
+            else:
+                tr, proto = await open_datagram_endpoint(factory, transport=transport,
+                                                         sock=sock)
         try:
             await asyncio.wait_for(proto.done.wait(), 30)
             elapsed = time.perf_counter() - started  # not the close: an engine's stop is slow
@@ -383,6 +391,8 @@ def veth_rows(args, packets, want):
         ip("netns", "exec", pair.b, "ethtool", "-K", pair.dev_b, "tx", "off")
         for what in ("count_veth", "one_way_veth"):
             for case in VETH_CASES:
+                if what == "one_way_veth" and case[2] is None:
+                    continue  # the one-way rows run on the busy aiolowlat loop
                 row = {"bench": "multicast_ingest", "case": what, "impl": case[0],
                        "loop": "aiolowlat-busy" if what == "one_way_veth" else case[1],
                        "path": case[3]}
@@ -430,11 +440,12 @@ def main(argv=None):
     print(json.dumps(row), flush=True)
     rows += veth_rows(args, packets, want)
     base = {r["case"]: r for r in rows if r["impl"] == "asyncio-endpoint"}
-    for r in rows:  # over veth the peer is the kernel transport on the same path
-        if r["case"].endswith("_veth") and r["impl"] == "aiolowlat-kernel":
+    for r in rows:  # one-way over veth: the kernel transport on the same busy loop
+        if r["case"] == "one_way_veth" and r["impl"] == "aiolowlat-kernel":
             base[r["case"]] = r
     print(f"\n{'case':12} {'impl':18} {'loop':14} {'path':9} {'msgs/s':>12} {'ns/msg':>8} "
-          f"{'1way p50':>9} {'p99':>7}  vs asyncio endpoint (veth: vs kernel on veth)")
+          f"{'1way p50':>9} {'p99':>7}  vs asyncio endpoint on the same path "
+          "(one_way_veth: vs kernel)")
     for r in rows:
         peer = base.get(r["case"], {})
         if r.get("msgs_per_s") and peer.get("msgs_per_s"):
