@@ -121,18 +121,24 @@ def _plot(out: pathlib.Path) -> None:
     print(f"    plot: {out / 'latency.png'}", flush=True)
 
 
+async def _venue(name: str, live: bool, seed: int):
+    """(adapter, ssl context, simulator or None): the real venue with ``live``, else the
+    embedded simulator, started, whose certificate the context trusts."""
+    from .venues import ADAPTERS
+
+    if live:
+        return ADAPTERS[name](), None, None
+    from .sim.ws_exchange import WsExchange
+
+    sim = await WsExchange(seed=seed).start()
+    return ADAPTERS[name](simulator=sim.url), sim.client_ssl_context(), sim
+
+
 async def _feed(args) -> int:
     """Print a venue's events: from the embedded simulator, or the real venue with --live."""
-    from .venues import ADAPTERS, BookSnapshot, Trade, venue_feed
+    from .venues import BookSnapshot, Trade, venue_feed
 
-    sim = None
-    if args.live:
-        adapter, ssl = ADAPTERS[args.venue](), None
-    else:
-        from .sim.ws_exchange import WsExchange
-
-        sim = await WsExchange(seed=args.seed).start()
-        adapter, ssl = ADAPTERS[args.venue](simulator=sim.url), sim.client_ssl_context()
+    adapter, ssl, sim = await _venue(args.venue, args.live, args.seed)
     events = 0
 
     async def show():
@@ -189,16 +195,9 @@ async def _record_itch(args) -> int:
 async def _record_venue(args) -> int:
     import json
 
-    from .venues import ADAPTERS, run_feed
+    from .venues import run_feed
 
-    sim = None
-    if args.live:
-        adapter, ssl = ADAPTERS[args.feed](), None
-    else:
-        from .sim.ws_exchange import WsExchange
-
-        sim = await WsExchange(seed=args.seed).start()
-        adapter, ssl = ADAPTERS[args.feed](simulator=sim.url), sim.client_ssl_context()
+    adapter, ssl, sim = await _venue(args.feed, args.live, args.seed)
     symbols = args.symbols or [_DEFAULT_SYMBOLS[args.feed]]
     with _record.Recorder(args.out) as rec:
         rec.message(f"{args.feed}:symbols", json.dumps(symbols))
