@@ -83,7 +83,7 @@ class Quoter:
         self.sent += 1
 
     def report(self) -> None:
-        orders = {id(o): o for o in self.session.orders._orders.values()}.values()
+        orders = self.session.orders.orders()
         filled = sum(o.cum_qty for o in orders)
         order = self.session.orders.get(self.working) if self.working else None
         state = order.state.value if order else "-"

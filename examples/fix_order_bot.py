@@ -102,7 +102,7 @@ async def main(args) -> None:
         await initiator.stop()
         if exchange is not None:
             await exchange.stop()
-    orders = {id(o): o for o in session.orders._orders.values()}.values()
+    orders = session.orders.orders()
     filled = sum(o.cum_qty for o in orders)
     print(f"{rounds} rounds in {time.monotonic() - started:.1f}s: {len(orders)} orders, "
           f"{filled:g} filled, {session.core.next_sender_seq - 1} messages sent", flush=True)

@@ -81,9 +81,12 @@ class OrderTracker:
     def get(self, cl_ord_id: str) -> Order | None:
         return self._orders.get(cl_ord_id)
 
+    def orders(self) -> list[Order]:
+        """Every order once (a replaced order is known by each of its ClOrdIDs)."""
+        return list({id(o): o for o in self._orders.values()}.values())
+
     def open_orders(self) -> list[Order]:
-        seen = {id(o): o for o in self._orders.values() if not o.state.is_final}
-        return list(seen.values())
+        return [o for o in self.orders() if not o.state.is_final]
 
     def sent(self, msg) -> Order | None:
         """Record an order message we send; returns the order it concerns."""
