@@ -215,47 +215,49 @@ async def _record_venue(args) -> int:
     return 0
 
 
-def _replay_venues(path, venues) -> None:
-    import json
-
+def _replay_venues(path, symbols: dict[str, list[str]]) -> None:
     from .venues import ADAPTERS
 
-    symbols = {r.channel.split(":")[0]: json.loads(r.data) for r in _record.read(path)
-               if r.channel.endswith(":symbols")}
-    for venue in sorted(venues):
-        adapter = ADAPTERS[venue](simulator="wss://replay.invalid/")  # never connects
-        events = _record.replay_adapter(path, adapter, symbols.get(venue, []))
-        print(f"{venue}: {events:,} events; {adapter.counters}", flush=True)
+    adapters = {venue: ADAPTERS[venue](simulator="wss://replay.invalid/")  # never connects
+                for venue in sorted(symbols)}
+    events = _record.replay_adapters(path, adapters, symbols)
+    for venue, adapter in adapters.items():
+        print(f"{venue}: {events[venue]:,} events; {adapter.counters}", flush=True)
         for symbol, book in sorted(adapter.books.items()):
             print(f"  {symbol} bid {book.best_bid()} ask {book.best_ask()}", flush=True)
 
 
 async def _replay(args) -> int:
+    import json
+
     from .protocols.itch import PRICE_SCALE
     from .protocols.itch_feed import ItchFeedHandler
     from .protocols.sequencer import Sequencer
     from .venues import ADAPTERS
 
-    records = list(_record.read(args.file))
-    venues = {r.channel.split(":")[0] for r in records} & set(ADAPTERS)
-    if venues:
-        _replay_venues(args.file, venues)
+    # One streaming scan for what the recording holds: venue feeds (with their symbols,
+    # which `record` writes first) or datagram lines.
+    symbols: dict[str, list[str]] = {}
+    lines = set()
+    for r in _record.read(args.file):
+        venue, _, what = r.channel.partition(":")
+        if venue in ADAPTERS:
+            found = symbols.setdefault(venue, [])
+            if what == "symbols":
+                found.extend(json.loads(r.data))
+        elif r.kind == _record.DATAGRAM:
+            lines.add(r.channel)
+    if symbols:
+        _replay_venues(args.file, symbols)
         return 0
-    channels = {r.channel for r in records if r.kind == _record.DATAGRAM}
-    handler = ItchFeedHandler(Sequencer(first_sequence=None, lines=tuple(sorted(channels))))
-    messages = 0
-
-    def on_message(_):
-        nonlocal messages
-        messages += 1
-
+    handler = ItchFeedHandler(Sequencer(first_sequence=None, lines=tuple(sorted(lines))))
     started = time.monotonic()
-    targets = {name: handler.protocol(name) for name in channels}
-    count = await _record.replay(args.file, targets, speed=args.speed, on_message=on_message)
+    targets = {name: handler.protocol(name) for name in lines}
+    count = await _record.replay(args.file, targets, speed=args.speed)
     await asyncio.sleep(0.05)  # the handler's reorder window closes
     handler.close()
-    print(f"replayed {count:,} records in {time.monotonic() - started:.2f} s "
-          f"({messages:,} WebSocket messages); feed: {handler.counters()}", flush=True)
+    print(f"replayed {count:,} records in {time.monotonic() - started:.2f} s; "
+          f"feed: {handler.counters()}", flush=True)
     for symbol, book in sorted(handler.books.items()):
         top = book.top()
         bid, ask = ("-" if p is None else f"{p / PRICE_SCALE:.4f}"

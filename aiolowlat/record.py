@@ -1,7 +1,7 @@
 """Record a feed (datagrams or WebSocket messages, with receive times) and replay it
 through the same protocol classes, at recorded speed or as fast as possible: datagrams
 into DatagramProtocols (``Recorder.wrap`` / ``replay``), a venue's messages into its
-adapter (``tap_adapter`` / ``replay_adapter``).
+adapter (``tap_adapter`` / ``replay_adapter(s)``).
 
 File format (little-endian), written append-only so a killed recorder leaves every
 record before the last intact:
@@ -150,20 +150,31 @@ def tap_adapter(recorder: Recorder, adapter) -> None:
 def replay_adapter(path: str | os.PathLike, adapter, symbols: list[str]) -> int:
     """Feed a fresh venue adapter what tap_adapter recorded for its venue; returns the
     number of events it produced (its books are then as the recorded adapter's were)."""
-    venue = adapter.venue
-    adapter.start(symbols)
-    events = 0
+    return replay_adapters(path, {adapter.venue: adapter}, {adapter.venue: symbols})[
+        adapter.venue]
+
+
+def replay_adapters(path: str | os.PathLike, adapters: Mapping[str, object],
+                    symbols: Mapping[str, list[str]]) -> dict[str, int]:
+    """replay_adapter for several venues (venue -> fresh adapter) in one pass over the
+    file; returns the number of events per venue."""
+    events = dict.fromkeys(adapters, 0)
+    for adapter in adapters.values():
+        adapter.start(symbols.get(adapter.venue, []))
     for record in read(path):
-        channel = record.channel
-        if channel == venue:
-            events += len(adapter.on_message(record.data, record.rx_ns))
-        elif channel.startswith(f"{venue}:snapshot:"):
-            symbol = channel[len(venue) + len(":snapshot:"):]
-            events += len(adapter.on_snapshot(symbol, record.data, record.rx_ns))
-        elif channel == f"{venue}:open":
+        venue, _, what = record.channel.partition(":")
+        adapter = adapters.get(venue)
+        if adapter is None:
+            continue
+        if not what:
+            events[venue] += len(adapter.on_message(record.data, record.rx_ns))
+        elif what.startswith("snapshot:"):
+            symbol = what[len("snapshot:"):]
+            events[venue] += len(adapter.on_snapshot(symbol, record.data, record.rx_ns))
+        elif what == "open":
             adapter.on_open()
-        elif channel == f"{venue}:close":
-            events += len(adapter.on_close(record.data))
+        elif what == "close":
+            events[venue] += len(adapter.on_close(record.data))
         adapter.take_outgoing()  # a replay answers nobody
         adapter.take_snapshot_requests()
     return events
