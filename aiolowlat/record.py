@@ -192,24 +192,30 @@ def _records(f: io.BufferedReader, path) -> Iterator[Record]:
     channels: dict[int, str] = {}
     offset = len(MAGIC)
     while header := f.read(_RECORD.size):
+        at = offset  # where this record starts, for the errors
         if len(header) < _RECORD.size:
-            raise RecordingError(f"{path}: record header cut short at byte {offset}")
+            raise RecordingError(f"{path}: record header cut short at byte {at}")
         kind, index, rx_ns, length = _RECORD.unpack(header)
         payload = f.read(length)
         if len(payload) < length:
-            raise RecordingError(f"{path}: record at byte {offset} cut short")
+            raise RecordingError(f"{path}: record at byte {at} cut short")
         offset += _RECORD.size + length
         if kind == CHANNEL:
             channels[index] = payload.decode()
             continue
         channel = channels.get(index)
         if channel is None or kind > BINARY:
-            raise RecordingError(f"{path}: record at byte {offset} has an unknown "
+            raise RecordingError(f"{path}: record at byte {at} has an unknown "
                                  f"{'kind' if kind > BINARY else 'channel'}")
         if kind == DATAGRAM:
-            (n,) = _ADDR_LEN.unpack_from(payload)
-            host, _, port = payload[2:2 + n].decode().rpartition(":")
-            yield Record(kind, channel, rx_ns, payload[2 + n:], (host, int(port)) if n else None)
+            try:
+                (n,) = _ADDR_LEN.unpack_from(payload)
+                host, _, port = payload[2:2 + n].decode().rpartition(":")
+                addr = (host, int(port)) if n else None
+            except (struct.error, UnicodeDecodeError, ValueError):
+                raise RecordingError(f"{path}: datagram at byte {at} has a bad sender "
+                                     "address") from None
+            yield Record(kind, channel, rx_ns, payload[2 + n:], addr)
         else:
             yield Record(kind, channel, rx_ns, payload.decode() if kind == TEXT else payload)
 

@@ -40,8 +40,13 @@ def test_a_cut_or_foreign_file_is_a_typed_error(tmp_path):
     with pytest.raises(record.RecordingError, match="not an aiolowlat recording"):
         list(record.read(path))
     path.write_bytes(record.MAGIC + struct.pack("<BBqI", 2, 7, 0, 0))  # channel never named
-    with pytest.raises(record.RecordingError, match="unknown channel"):
+    with pytest.raises(record.RecordingError, match="byte 8 has an unknown channel"):
         list(record.read(path))
+    named = record.MAGIC + struct.pack("<BBqI", 0, 0, 0, 1) + b"A"  # channel 0 is "A"
+    for payload in (b"\x01", b"\x05\x00x:y", b"\x03\x00a:b"):  # cut, no port, bad port
+        path.write_bytes(named + struct.pack("<BBqI", 1, 0, 0, len(payload)) + payload)
+        with pytest.raises(record.RecordingError, match="byte 23 has a bad sender address"):
+            list(record.read(path))
 
 
 @pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
