@@ -12,6 +12,7 @@ socket calls are served by io_uring poll requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import heapq
 import os
@@ -307,23 +308,21 @@ def run(main, *, config=None, debug=None, busy_poll: bool = False, sqpoll: bool 
                                                                 sqpoll=sqpoll)) as runner:
             return runner.run(main)
     from . import config as _config
+    from . import log, metrics, tuning
 
     settings = config if isinstance(config, _config.Settings) else _config.load(config)
     if busy_poll or sqpoll:  # the caller's explicit asks add to the file's
         settings = msgspec.structs.replace(settings, busy_poll=settings.busy_poll or busy_poll,
                                            sqpoll=settings.sqpoll or sqpoll)
-    from . import log, metrics, tuning
-
-    _config._make_current(settings)
-    writer = log.setup_logging(settings.log.format, level=settings.log.level)
-    # Tuning applies to this thread, which runs the loop; undone when the run ends.
-    tuner = tuning.apply(settings.tuning)
-    if tuner.findings:
-        print(tuning.format_findings(tuner.findings), file=sys.stderr, flush=True)
-    try:
-        with asyncio.Runner(debug=debug, loop_factory=_config.loop_factory(settings)) as runner:
-            return runner.run(metrics._serve_run_metrics(main, settings))
-    finally:
-        tuner.restore()
-        writer.close()
-        _config._make_current(None)
+    with contextlib.ExitStack() as undo:  # each step undone, in reverse, however the run ends
+        _config._make_current(settings)
+        undo.callback(_config._make_current, None)
+        undo.callback(log.setup_logging(settings.log.format, level=settings.log.level).close)
+        # Tuning applies to this thread, which runs the loop.
+        tuner = tuning.apply(settings.tuning)
+        undo.callback(tuner.restore)
+        if tuner.findings:
+            print(tuning.format_findings(tuner.findings), file=sys.stderr, flush=True)
+        runner = undo.enter_context(
+            asyncio.Runner(debug=debug, loop_factory=_config.loop_factory(settings)))
+        return runner.run(metrics._serve_run_metrics(main, settings))
