@@ -169,20 +169,31 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         _set(tree, key.strip(), _value(text.strip()), f"override {item!r}")
-    feeds = tree.get("feeds")
-    for name, feed in feeds.items() if isinstance(feeds, dict) else ():
+    _refuse_unknown_engine_keys(tree, origin)
+    try:
+        return msgspec.convert(tree, Settings)
+    except msgspec.ValidationError as exc:
+        # msgspec's error path elides dict keys (feeds[...]): name the entry at fault.
+        for section, kind in (("feeds", FeedSettings), ("venues", VenueSettings)):
+            for name, entry in _entries(tree, section):
+                _convert(entry, kind, origin, f"{section}.{name}")
+        raise ConfigError(f"{origin}: {_explain(str(exc))}") from None
+
+
+def _entries(tree: dict, section: str):
+    entries = tree.get(section)
+    return entries.items() if isinstance(entries, dict) else ()
+
+
+def _refuse_unknown_engine_keys(tree: dict, origin: str) -> None:
+    """msgspec ignores a dataclass's unknown fields (EngineConfig is one): we don't."""
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    for name, feed in _entries(tree, "feeds"):
         engine = feed.get("engine") if isinstance(feed, dict) else None
-        known = {f.name for f in dataclasses.fields(EngineConfig)}
         for key in engine if isinstance(engine, dict) else ():
-            if key not in known:  # msgspec ignores a dataclass's unknown fields: we don't
+            if key not in known:
                 raise ConfigError(f"{origin}: feeds.{name}.engine.{key}: unknown key; expected "
                                   f"one of {', '.join(sorted(known))}")
-    # Named sections one entry at a time: msgspec's error path elides dict keys.
-    for section, kind in (("feeds", FeedSettings), ("venues", VenueSettings)):
-        entries = tree.get(section)
-        for name, entry in entries.items() if isinstance(entries, dict) else ():
-            _convert(entry, kind, origin, f"{section}.{name}")
-    return _convert(tree, Settings, origin, "")
 
 
 def _convert(tree, kind, origin: str, prefix: str):
