@@ -16,6 +16,10 @@ and picows's callback style for the lowest latency: subclass ``WSListener`` and
 ``transport, listener = await ws_connect(Listener, url)``; ``on_ws_frame`` gets each
 message as a ``WSFrame`` (one object reused per connection; its payload is bytes, yours to
 keep), called from C for every message of a read after one C scan of the whole read.
+
+wss:// connections run on aiofastnet's C TLS transport (the caller's SSLContext, OpenSSL
+driven directly, as picows does); ``fastnet=False`` keeps the loop's own, ``fastnet=True``
+takes aiofastnet for ws:// too.
 """
 
 from __future__ import annotations
@@ -434,10 +438,14 @@ def _client_ssl(secure: bool, ssl):
     return ssl
 
 
-def _create_connection(loop, fastnet: bool | None):
-    """The loop's create_connection, or aiofastnet's (C socket transports and OpenSSL driven
-    directly, as picows uses by default) with fastnet=True, or None: if installed."""
-    if fastnet is False:
+def _create_connection(loop, fastnet: bool | None, secure: bool):
+    """aiofastnet's create_connection (C socket transports, OpenSSL driven directly from the
+    caller's SSLContext, as picows uses by default) or the loop's own.
+
+    fastnet=None, the default, takes aiofastnet for wss:// only: asyncio's TLS transport,
+    which every loop but uvloop uses, is Python and cost 1.3-1.7x picows' round trip in
+    benchmarks/ws_feed.py, while for ws:// the loop's own transports are as fast or faster."""
+    if fastnet is False or (fastnet is None and not secure):
         return loop.create_connection
     try:
         import aiofastnet
@@ -451,7 +459,7 @@ def _create_connection(loop, fastnet: bool | None):
 async def _open(listener_factory, url: str, *, ssl=None, server_hostname=None,
                 compression=None, max_size=2**20, max_frame_size=None, ping_interval=20.0,
                 ping_timeout=20.0, open_timeout=10.0, close_timeout=10.0, extra_headers=None,
-                subprotocols=None, fastnet=False, **conn_kwargs) -> WSTransport:  # fmt: skip
+                subprotocols=None, fastnet=None, **conn_kwargs) -> WSTransport:  # fmt: skip
     secure, host, port, resource, host_header = _parse_url(url)
     core = ClientProtocol(
         host_header, resource, subprotocols=subprotocols, extra_headers=extra_headers,
@@ -464,7 +472,7 @@ async def _open(listener_factory, url: str, *, ssl=None, server_hostname=None,
     proto = WSTransport(core, listener_factory, ping_interval=ping_interval,
                         ping_timeout=ping_timeout, close_timeout=close_timeout)  # fmt: skip
     async with asyncio.timeout(open_timeout):
-        create_connection = _create_connection(loop, fastnet)
+        create_connection = _create_connection(loop, fastnet, secure)
         await create_connection(lambda: proto, host, port, ssl=ssl_ctx, **conn_kwargs)
         try:
             await proto.handshake

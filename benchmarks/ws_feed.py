@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ws_feed_server  # noqa: E402
 
 IMPLS = (
-    "aiolowlat", "aiolowlat-fastnet", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std",
+    "aiolowlat", "aiolowlat-loopssl", "aiolowlat-fastnet", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std",
     "aiohttp", "websockets",
 )  # fmt: skip
 LOOPS = ("asyncio", "uvloop", "aiolowlat")
@@ -119,7 +119,7 @@ class Pinger:
         return True
 
 
-async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False, fastnet=False):
+async def aiolowlat_client(url, ssl_ctx, mode, s: Settings, batch=False, fastnet=None):
     """on_ws_frame per message, as picows; with batch=True, a read's messages in one call."""
     import aiolowlat.ws as alws
 
@@ -262,11 +262,13 @@ async def picows_client(url, ssl_ctx, mode, s: Settings, **kw):
 CLIENTS = {
     "aiolowlat": aiolowlat_client,
     "aiolowlat-batch": functools.partial(aiolowlat_client, batch=True),
-    # on aiofastnet's transports, as picows runs by default
+    # wss:// on the loop's own TLS transport instead of aiofastnet's (the default)
+    "aiolowlat-loopssl": functools.partial(aiolowlat_client, fastnet=False),
+    # ws:// on aiofastnet's transports too, as picows runs by default
     "aiolowlat-fastnet": functools.partial(aiolowlat_client, fastnet=True),
     "aiolowlat-recv": aiolowlat_recv_client,
     "picows": picows_client,
-    # picows on the loop's own transports (and asyncio's ssl), as aiolowlat runs
+    # picows on the loop's own transports (and asyncio's ssl), as aiolowlat-loopssl runs
     "picows-std": functools.partial(picows_client, use_aiofastnet=False),
     "aiohttp": aiohttp_client,
     "websockets": websockets_client,

@@ -550,24 +550,28 @@ def test_recv_queue_pauses_and_resumes_reading(loop):
     run(loop, main())
 
 
+@pytest.mark.parametrize("fastnet", [None, True, False])
 @pytest.mark.parametrize("secure", [False, True])
-def test_fastnet_transports(loop, secure, server_ssl, client_ssl):
-    """fastnet=True: aiofastnet's transports (as picows uses) with the same client above."""
+def test_transport_choice(loop, secure, fastnet, server_ssl, client_ssl):
+    """fastnet=None (default) takes aiofastnet's C TLS for wss:// and the loop's transports for
+    ws://; True takes aiofastnet for both, False the loop's: the same client on each."""
+    on_fastnet = fastnet or (fastnet is None and secure)
 
     async def main():
         server, port = await start(echo, ssl=server_ssl if secure else None)
         try:
             url = f"wss://localhost:{port}/" if secure else f"ws://127.0.0.1:{port}/"
             kw = {"ssl": client_ssl} if secure else {}
-            async with ws.connect(url, fastnet=True, **kw) as conn:
-                assert type(conn.transport).__module__.startswith("aiofastnet")
+            async with ws.connect(url, fastnet=fastnet, **kw) as conn:
+                module = type(conn.transport).__module__
+                assert module.startswith("aiofastnet") == on_fastnet, module
                 for msg in ("héllo", b"\x00" * 100_000):
                     await conn.send(msg)
                     assert await conn.recv() == msg
             assert conn.close_code == 1000
             if secure:
                 with pytest.raises(ssl.SSLCertVerificationError):
-                    await ws.connect(url, fastnet=True)  # the test CA is not trusted
+                    await ws.connect(url, fastnet=fastnet)  # the test CA is not trusted
         finally:
             await stop(server)
 
