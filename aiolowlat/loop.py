@@ -17,9 +17,10 @@ import errno
 import heapq
 import os
 import socket
+import ssl
 import sys
 import weakref
-from asyncio import base_events, constants, events, format_helpers
+from asyncio import base_events, constants, events, format_helpers, sslproto
 from collections import deque
 
 import msgspec
@@ -32,6 +33,36 @@ from ._stream import UringStreamTransport
 
 _ECANCELED = errno.ECANCELED
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+try:  # picows' TLS layer: OpenSSL driven from C with the caller's SSLContext
+    from aiofastnet.constants import SSL_BIO_SIZE_DEFAULTS as _BIO_SIZES
+    from aiofastnet.ssl_transport import SSLTransport_Transport as _fast_tls
+except ImportError:
+    _fast_tls = None
+
+
+def _tls_layer(loop, protocol, sslcontext, waiter, server_side, server_hostname,
+               handshake_timeout, shutdown_timeout, call_connection_made=True):
+    """(app transport, protocol for the socket transport) of a TLS connection. aiofastnet's
+    layer when installed: asyncio's SSLProtocol is Python and cost 1.3-1.7x its round trip
+    (benchmarks/ws_feed.py, aiolowlat-loopssl); else asyncio's."""
+    if handshake_timeout is None:
+        handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
+    if shutdown_timeout is None:
+        shutdown_timeout = constants.SSL_SHUTDOWN_TIMEOUT
+    if _fast_tls is None:
+        tls = sslproto.SSLProtocol(loop, protocol, sslcontext, waiter, server_side,
+                                   server_hostname, call_connection_made=call_connection_made,
+                                   ssl_handshake_timeout=handshake_timeout,
+                                   ssl_shutdown_timeout=shutdown_timeout)  # fmt: skip
+        return tls._app_transport, tls
+    tls = _fast_tls(loop, protocol, sslcontext, server_side, handshake_timeout,
+                    shutdown_timeout, _BIO_SIZES["ssl_incoming_bio_size"],
+                    _BIO_SIZES["ssl_outgoing_bio_size"], waiter=waiter,
+                    server_hostname=server_hostname,
+                    call_connection_made=call_connection_made)  # fmt: skip
+    return tls, tls.get_tls_protocol()
 
 
 def _oserror(res: int, what: str = "") -> OSError:
@@ -117,6 +148,48 @@ class Loop(asyncio.SelectorEventLoop):
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return UringStreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        """TLS on the io_uring stream transport (asyncio's own puts it on a selector one),
+        its records handled by a C layer when aiofastnet is there (see _tls_layer)."""
+        tls, tls_protocol = _tls_layer(self, protocol, sslcontext, waiter, server_side,
+                                       server_hostname, ssl_handshake_timeout,
+                                       ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, tls_protocol, extra=extra, server=server)
+        return tls
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                        server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """asyncio's start_tls, with the TLS layer _make_ssl_transport uses."""
+        if _fast_tls is None or not isinstance(transport, UringStreamTransport):
+            return await super().start_tls(
+                transport, protocol, sslcontext, server_side=server_side,
+                server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)  # fmt: skip
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        waiter = self.create_future()
+        tls, tls_protocol = _tls_layer(self, protocol, sslcontext, waiter, server_side,
+                                       server_hostname, ssl_handshake_timeout,
+                                       ssl_shutdown_timeout, call_connection_made=False)
+        # Paused first, so the TLS protocol gets no data before connection_made.
+        transport.pause_reading()
+        transport.set_protocol(tls_protocol)
+        made = self.call_soon(tls_protocol.connection_made, transport)
+        resume = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resume.cancel()
+            raise
+        return tls
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return UringDatagramTransport(self, sock, protocol, address, waiter, extra)

@@ -174,3 +174,75 @@ def test_cancelled_tls_handshake(loop, client_ssl):
                 )
 
         run(loop, main())
+
+
+def test_tls_alpn_and_connection_details(loop, tls_ca):
+    """What asyncio's TLS transport reports, every loop alike: ALPN, cipher, peer certs."""
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("localhost").configure_cert(server_ssl)
+    server_ssl.set_alpn_protocols(["h2", "http/1.1"])
+    client_ssl = ssl.create_default_context()  # its own: ALPN would stick to the shared one
+    tls_ca.configure_trust(client_ssl)
+    client_ssl.set_alpn_protocols(["http/1.1"])
+    seen = {}
+
+    async def handle(reader, writer):
+        seen["alpn"] = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ssl)
+        reader, writer = await asyncio.open_connection(
+            *server.sockets[0].getsockname(), ssl=client_ssl, server_hostname="localhost"
+        )
+        sslobj = writer.get_extra_info("ssl_object")
+        name, version, bits = writer.get_extra_info("cipher")
+        assert version.startswith("TLS") and bits >= 128 and name
+        assert sslobj.selected_alpn_protocol() == "http/1.1"
+        assert sslobj.getpeercert()["subject"] == writer.get_extra_info("peercert")["subject"]
+        assert isinstance(sslobj.getpeercert(binary_form=True), bytes)
+        assert writer.get_extra_info("sslcontext") is client_ssl
+        writer.write(b"x\n")
+        assert await reader.readline() == b"x\n"
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert seen["alpn"] == "http/1.1"
+
+
+@pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
+def test_tls_runs_on_the_uring_transport_with_a_c_record_layer(loop, server_ssl, client_ssl):
+    """aiolowlat's TLS: records in C (aiofastnet's layer), bytes through io_uring."""
+    from aiolowlat._stream import UringStreamTransport
+
+    made = []
+    make = loop._make_socket_transport
+
+    def recording(*args, **kw):
+        made.append(make(*args, **kw))
+        return made[-1]
+
+    loop._make_socket_transport = recording
+
+    async def main():
+        server, addr = await echo_server(loop, ssl=server_ssl)
+        proto = Recorder(loop)
+        tr, _ = await loop.create_connection(
+            lambda: proto, *addr, ssl=client_ssl, server_hostname="localhost"
+        )
+        assert type(tr).__module__.startswith("aiofastnet")
+        assert made and all(type(t) is UringStreamTransport for t in made)  # both ends
+        tr.write(b"ping")
+        assert await proto.wait_for_bytes(4) == b"ping"
+        tr.close()
+        await proto.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
