@@ -5,7 +5,8 @@
 
 Received application messages are printed, one JSON object a line. ``--orders-per-second``
 makes an initiator send limit orders (demo traffic). Without ``--seconds`` it runs until
-Ctrl-C; either way it logs out cleanly and exits 0.
+Ctrl-C; either way it logs out cleanly and exits 0. Sessions with QuickFIX's SSL keys
+(SocketUseSSL=Y, ServerCertificateFile, ...) run over TLS.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ async def _run(args) -> int:
                         _send_orders(session, args.orders_per_second, stop)))
         else:
             runners = [await FixAcceptor(settings, on_message=_print_message).start()]
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, ValueError) as exc:  # ValueError: TLS differing on one port
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -4,6 +4,7 @@
 initiator logging on to its CompID (FIX 4.2 or 4.4), answers NewOrderSingle,
 OrderCancelRequest and OrderCancelReplaceRequest with ExecutionReports or
 OrderCancelRejects, and other application messages with a BusinessMessageReject.
+With ``ssl=`` (a server SSLContext) it serves FIX over TLS.
 
     python -m aiolowlat.sim.fix_exchange --port 9876 --seconds 30
 """
@@ -146,13 +147,15 @@ class MatchingEngine:
 
 
 class FixExchange:
-    """The simulator on a FixAcceptor; ``seed`` puts resting liquidity in the books."""
+    """The simulator on a FixAcceptor; ``seed`` puts resting liquidity in the books;
+    ``ssl`` (a server-side SSLContext) serves TLS."""
 
     def __init__(self, sender_comp_id: str = "EXCH", *, begin_strings=("FIX.4.4", "FIX.4.2"),
                  heartbeat_interval: int = 30, seed: dict[str, float] | None = None,
                  levels: int = 5, level_qty: float = 1000.0, tick: float = 0.01,
-                 replenish: bool = True):
+                 replenish: bool = True, ssl=None):
         self.engine = MatchingEngine()
+        self.ssl = ssl
         self.replenish = replenish
         self.sender_comp_id = sender_comp_id
         self._ids = itertools.count(1)
@@ -188,7 +191,7 @@ class FixExchange:
             return acceptor._route(msg) if acceptor is not None else None
 
         self._server = await loop.create_server(lambda: _SessionProtocol(router=route),
-                                                host, port)
+                                                host, port, ssl=self.ssl)
         return self
 
     @property

@@ -3,7 +3,8 @@
 The protocol objects only move bytes and time between a transport and the sans-I/O
 ``FixSession``; timers are one ``call_later`` that is moved only when a deadline comes
 earlier. The initiator reconnects with exponential backoff; the acceptor serves many
-sessions on one port, picking the session from the first message's CompIDs.
+sessions on one port, picking the session from the first message's CompIDs. Either runs
+over TLS with ``ssl=`` (an SSLContext), or with the one its settings' TLS keys made.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Session:
         self.callback_errors = 0
         self.logons = 0
         self.last_logout_text = ""
+        self.last_error: Exception | None = None  # why the last connection failed, if it did
+        self._logged_on_this_connection = False
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._transport: asyncio.Transport | None = None
         self._logged_on = asyncio.Event()
@@ -134,6 +137,7 @@ class Session:
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self._logged_on_this_connection = False
         self._paused = False
         self._disconnected.clear()
         self._handle(self.core.connection_made(time.time()))
@@ -141,7 +145,16 @@ class Session:
     def _feed(self, data: bytes) -> None:
         self._handle(self.core.receive_data(data, time.time()))
 
-    def _detach(self) -> None:
+    def _detach(self, exc: Exception | None = None) -> None:
+        if exc is None and not self._logged_on_this_connection:
+            # E.g. a TLS acceptor that wants a client certificate: under TLS 1.3 it hangs up
+            # after our side of the handshake completed, and sends us no reason.
+            exc = ConnectionResetError("connection closed before the Logon was answered"
+                                       + (f" ({self.last_logout_text})"
+                                          if self.last_logout_text else ""))
+        if exc is not None:
+            self.last_error = exc
+            log.warning("fix connection lost %s: %r", self.key, exc)
         self._transport = None
         self._logged_on.clear()
         if self._timer is not None:
@@ -180,6 +193,8 @@ class Session:
                 self._deliver(ev.msg)
             elif kind is LoggedOn:
                 self.logons += 1
+                self._logged_on_this_connection = True
+                self.last_error = None
                 self._logged_on.set()
                 log.info("fix logon %s reset=%s", self.key, ev.reset)
             elif kind is RejectReceived:
@@ -278,7 +293,7 @@ class _SessionProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         if self.session is not None and self.session._transport is self.transport:
-            self.session._detach()
+            self.session._detach(exc)
 
     def pause_writing(self):
         if self.session is not None:
@@ -297,14 +312,19 @@ def _decode_or_none(frame: bytes) -> FixMessage | None:
 
 
 class FixInitiator:
-    """Connects one session, logs on, and reconnects with exponential backoff."""
+    """Connects one session, logs on, and reconnects with exponential backoff.
+
+    ``ssl``: an SSLContext for TLS (default: the settings' one; ``False`` forces plain TCP).
+    The server's name checked is ``settings.server_hostname`` or else ``settings.host``.
+    """
 
     def __init__(self, settings: SessionSettings, *, store=None, on_message=None, ssl=None):
         self.settings = settings
         self.session = Session(settings, store=store, on_message=on_message)
-        self.ssl = ssl
+        self.ssl = (settings.ssl if ssl is None else ssl) or None
         self.connects = 0
         self.connect_failures = 0
+        self.last_error: Exception | None = None  # the last failed connect (e.g. a bad cert)
         self._task: asyncio.Task | None = None
         self._stopping = False
 
@@ -316,16 +336,22 @@ class FixInitiator:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         delay = self.settings.reconnect_interval
+        tls = {}
+        if self.ssl is not None:
+            tls = {"ssl": self.ssl,
+                   "server_hostname": self.settings.server_hostname or self.settings.host}
         while not self._stopping:
             try:
                 await loop.create_connection(lambda: _SessionProtocol(self.session),
-                                             self.settings.host, self.settings.port, ssl=self.ssl)
-            except OSError as exc:
+                                             self.settings.host, self.settings.port, **tls)
+            except OSError as exc:  # ssl.SSLError (a refused certificate) is one too
                 self.connect_failures += 1
-                log.warning("fix connect %s:%s failed (%s); retry in %.1fs",
+                self.last_error = exc
+                log.warning("fix connect %s:%s failed (%r); retry in %.1fs",
                             self.settings.host, self.settings.port, exc, delay)
             else:
                 self.connects += 1
+                self.last_error = None
                 logons = self.session.logons
                 await self.session._disconnected.wait()
                 if self.session.logons > logons:
@@ -334,6 +360,17 @@ class FixInitiator:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.max_reconnect_interval)
+
+    async def wait_logged_on(self, timeout: float) -> None:
+        """Wait for the logon; on timeout raise why connecting failed (e.g. an
+        ssl.SSLCertVerificationError), or TimeoutError if nothing failed."""
+        try:
+            await self.session.wait_logged_on(timeout)
+        except TimeoutError:
+            error = self.last_error or self.session.last_error
+            if error is not None:
+                raise error from None
+            raise
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Log out (if logged on), stop reconnecting, close the store."""
@@ -361,10 +398,13 @@ class FixAcceptor:
 
     ``template`` (optional) accepts unknown counterparties: a session is created from it
     with the counterparty's CompID as TargetCompID (like QuickFIX's dynamic sessions).
+    ``ssl`` (an SSLContext) serves TLS; by default the sessions' settings say, and they must
+    agree, as one port has one TLS set-up.
     """
 
     def __init__(self, settings: Iterable[SessionSettings] = (), *, template=None,
-                 on_message=None, on_session: Callable[[Session], None] | None = None):
+                 on_message=None, on_session: Callable[[Session], None] | None = None,
+                 ssl=None):
         self.sessions: dict[tuple[str, str, str], Session] = {}
         self.template = template
         self.on_message = on_message
@@ -373,6 +413,17 @@ class FixAcceptor:
         self._server: asyncio.Server | None = None
         for s in settings:
             self._add(s)
+        if ssl is None:
+            contexts = {id(s.ssl): s.ssl for s in self._all_settings()}
+            if len(contexts) > 1:
+                raise ValueError("the sessions of one acceptor port must have the same TLS "
+                                 "settings (or pass ssl=)")
+            ssl = next(iter(contexts.values()), None)
+        self.ssl = ssl or None
+
+    def _all_settings(self) -> list[SessionSettings]:
+        found = [s.settings for s in self.sessions.values()]
+        return found + ([self.template] if self.template is not None else [])
 
     def _add(self, settings: SessionSettings) -> Session:
         if settings.config.initiator:
@@ -406,6 +457,7 @@ class FixAcceptor:
         host = host if host is not None else (base.host if base else "127.0.0.1")
         port = port if port is not None else (base.port if base else 0)
         loop = asyncio.get_running_loop()
+        kwargs.setdefault("ssl", self.ssl)
         self._server = await loop.create_server(
             lambda: _SessionProtocol(router=self._route), host, port, **kwargs
         )
