@@ -349,3 +349,13 @@ def test_cli_runs_tls_sessions_from_files(pki, tmp_path):
     orders = [line for line in out.splitlines() if '"type":"NewOrderSingle"' in line]
     assert len(orders) >= 5, out
     assert all('"session":"FIX.4.4-EXCH-CLIENT"' in line for line in orders)
+
+
+def test_acceptor_port_needs_one_tls_setup(pki, server_ssl):
+    tls = parse_settings(acceptor_cfg(pki))[0]
+    plain = SessionSettings(SessionConfig("EXCH", "OTHER", initiator=False),
+                            connection_type="acceptor")
+    with pytest.raises(ValueError, match="same TLS settings"):
+        FixAcceptor([tls, plain])
+    assert FixAcceptor([tls, plain], ssl=server_ssl).ssl is server_ssl  # said outright
+    assert FixAcceptor([plain]).ssl is None
