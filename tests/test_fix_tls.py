@@ -359,3 +359,31 @@ def test_acceptor_port_needs_one_tls_setup(pki, server_ssl):
         FixAcceptor([tls, plain])
     assert FixAcceptor([tls, plain], ssl=server_ssl).ssl is server_ssl  # said outright
     assert FixAcceptor([plain]).ssl is None
+
+
+def test_cli_initiator_against_simulator_over_tls(pki, tmp_path):
+    port = free_port()
+    client_cfg = tmp_path / "client.cfg"
+    client_cfg.write_text(initiator_cfg(pki, port, client_cert=False))
+    sim = subprocess.Popen([sys.executable, "-m", "aiolowlat.sim.fix_exchange", "--port",
+                            str(port), "--symbols", "AAPL", "--mid", "1.0", "--seconds", "6",
+                            "--certfile", pki["server"], "--keyfile", pki["server_key"]],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        initiator = subprocess.run([sys.executable, "-m", "aiolowlat.fix", "initiator",
+                                    "--config", str(client_cfg), "--seconds", "3",
+                                    "--orders-per-second", "5"],
+                                   cwd=ROOT, capture_output=True, text=True, timeout=30)
+        out, err = sim.communicate(timeout=30)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+    assert initiator.returncode == 0 and sim.returncode == 0, (initiator.stderr, err)
+    assert f"on 127.0.0.1:{port} (TLS)" in out
+    # The demo orders buy 1 at 1.0 below the seeded asks: each is acknowledged New.
+    reports = [line for line in initiator.stdout.splitlines()
+               if '"type":"ExecutionReport"' in line]
+    assert len(reports) >= 5 and all('"exec_type":"0"' in line for line in reports), reports
+    orders = int(out.split("orders=")[1].split()[0])
+    assert orders == len(reports)

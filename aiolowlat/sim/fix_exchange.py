@@ -6,7 +6,7 @@ OrderCancelRequest and OrderCancelReplaceRequest with ExecutionReports or
 OrderCancelRejects, and other application messages with a BusinessMessageReject.
 With ``ssl=`` (a server SSLContext) it serves FIX over TLS.
 
-    python -m aiolowlat.sim.fix_exchange --port 9876 --seconds 30
+    python -m aiolowlat.sim.fix_exchange --port 9876 --seconds 30 [--certfile C --keyfile K]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import bisect
 import itertools
 import signal
+import ssl
 from dataclasses import dataclass, field
 
 from ..protocols.fix.engine import FixAcceptor, Session, _SessionProtocol
@@ -342,11 +343,15 @@ class FixExchange:
 
 
 async def _main(args) -> None:
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile, args.keyfile)
     exchange = FixExchange(args.comp_id, seed={s: args.mid for s in args.symbols.split(",")},
-                           heartbeat_interval=args.heartbeat)
+                           heartbeat_interval=args.heartbeat, ssl=tls)
     await exchange.start(args.host, args.port)
-    print(f"FIX exchange {args.comp_id} on {exchange.address[0]}:{exchange.address[1]}",
-          flush=True)
+    print(f"FIX exchange {args.comp_id} on {exchange.address[0]}:{exchange.address[1]}"
+          f"{' (TLS)' if tls else ''}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -369,7 +374,12 @@ def main(argv=None) -> None:
     parser.add_argument("--mid", type=float, default=100.0)
     parser.add_argument("--heartbeat", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=None)
-    asyncio.run(_main(parser.parse_args(argv)))
+    parser.add_argument("--certfile", help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="its private key, if not in --certfile")
+    args = parser.parse_args(argv)
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":
