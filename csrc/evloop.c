@@ -281,7 +281,8 @@ static PyObject *deliver_dgram(Dispatcher *self, PyObject *conn, int64_t n, uint
     PyObject *fast = PyObject_GetAttr(conn, s_fast_proto);
     if (!fast)
         return NULL;
-    if (!Py_IS_TYPE(fast, &DgramReceiverType)) {
+    if (!Py_IS_TYPE(fast, &DgramReceiverType) || !((DgramReceiver *)fast)->protocol ||
+        ((DgramReceiver *)fast)->protocol == Py_None) {
         Py_DECREF(fast);
         PyObject *args[] = {conn, PyLong_FromLongLong(n), PyLong_FromUnsignedLongLong(aux),
                             PyLong_FromLongLong(stamp)};
