@@ -5,6 +5,12 @@ the sender's address beside each payload; each sendto() becomes one sendmsg
 operation, submitted with the loop's next wait. Semantics follow asyncio's
 _SelectorDatagramTransport: errors of a send or receive go to error_received()
 and the endpoint stays open.
+
+The hot paths are C (csrc/evloop.c): while ``_fast_proto`` is the transport's
+DgramReceiver, the dispatcher calls ``protocol.datagram_received`` itself, and
+``transport.sendto`` is a DgramSender that sends bytes to a connected or already
+packed address without a Python frame; everything else falls back to the Python
+methods here.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from asyncio import transports
 from asyncio.log import logger
 
 from ._native import ffi, lib
+from ._native._evloop import DgramReceiver, DgramSender
 from ._stream import UringTransport
 
 NAME_SPACE = lib.AL_DGRAM_NAME_SPACE
 CONTROL_SPACE = lib.AL_DGRAM_CONTROL_SPACE
 _ADDR_CACHE_MAX = 4096  # distinct peers remembered, so a feed's sender is parsed once
+_DGRAM_SEND = int(ffi.cast("uintptr_t", ffi.addressof(lib, "al_dgram_send")))
 
 
 def pack_sockaddr(family: int, address) -> bytes:
@@ -82,28 +90,56 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
         self._timestamps = timestamps
         self._name_gap = NAME_SPACE + (CONTROL_SPACE if timestamps else 0)
         self._batch = []
-        super().__init__(loop, sock, protocol, waiter, extra)
+        self._batched = False
         self._address = address  # the connected peer, if any
         self._family = sock.family
         self._packed = {}  # address -> C sockaddr
         self._peers = {}   # C sockaddr -> address
+        self._receiver = DgramReceiver(self._peers, self._name_gap)
+        super().__init__(loop, sock, protocol, waiter, extra)
 
     def _open_conn(self):
-        return lib.al_dgram_new(self._c, self._sock_fd, self._token, self._timestamps)
+        conn = lib.al_dgram_new(self._c, self._sock_fd, self._token, self._timestamps)
+        # An instance attribute: protocols call transport.sendto straight into C.
+        self.sendto = self._writer = DgramSender(
+            self, int(ffi.cast("uintptr_t", self._c)), _DGRAM_SEND,
+            self._address if self._address else None, self._packed)
+        return conn
 
     def set_protocol(self, protocol):
-        super().set_protocol(protocol)
         self._batched = callable(getattr(protocol, "datagrams_received", None))
+        super().set_protocol(protocol)
 
-    def _on_dgram(self, n, aux, rx_ns):
-        off = aux & 0xFFFFFFFFFF
-        name_off = off - self._name_gap
-        raw = self._pool[name_off:name_off + (aux >> 40)].tobytes()
+    def _sync_fast_path(self):
+        super()._sync_fast_path()
+        receiver = self._receiver
+        if self._batched or self._paused or self._stash or self._protocol is None:
+            receiver.protocol = None
+            self._fast_proto = None
+        else:
+            receiver.protocol = self._protocol
+            self._fast_proto = receiver
+
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            self._receiver.protocol = None  # the protocol is gone: hold no reference to it
+
+    def _peer(self, raw):
+        """The address for a raw sockaddr, decoded once per sender and cached."""
         addr = self._peers.get(raw)
         if addr is None:
             if len(self._peers) >= _ADDR_CACHE_MAX:
                 self._peers.clear()
             addr = self._peers[raw] = unpack_sockaddr(raw)
+        return addr
+
+    def _on_dgram(self, n, aux, rx_ns):
+        """A datagram the C dispatcher did not deliver itself: stash, batch or call."""
+        off = aux & 0xFFFFFFFFFF
+        name_off = off - self._name_gap
+        addr = self._peer(self._pool[name_off:name_off + (aux >> 40)].tobytes())
         data = self._pool[off:off + n].tobytes()
         if self._paused or self._stash:
             self._stash.append((data, addr, rx_ns))
@@ -113,6 +149,12 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
             self._batch.append((data, addr, rx_ns))
         else:
             self._call(self._protocol.datagram_received, data, addr)
+
+    def _dgram_failed(self, protocol, exc):
+        """datagram_received, called from C, raised: report it as call_protocol does."""
+        self._loop.call_exception_handler({
+            "message": f"Exception in {protocol.datagram_received.__qualname__}",
+            "exception": exc, "transport": self, "protocol": self._protocol})
 
     def _flush_batch(self):
         batch, self._batch = self._batch, []
@@ -132,6 +174,11 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
         self._protocol.error_received(OSError(-res, os.strerror(-res)))
 
     def sendto(self, data, addr=None):
+        """Python's side of sendto(): the C DgramSender (self.sendto) comes here for what
+        it does not handle itself (not bytes, a new address, errors, closing)."""
+        self._sendto(data, addr)
+
+    def _sendto(self, data, addr=None):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
@@ -158,7 +205,10 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
             namelen = len(name)
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
-        pending = lib.al_dgram_send(self._c, self._conn, data, len(data), name, namelen)
+        self._after_sendto(lib.al_dgram_send(self._c, self._conn, data, len(data), name, namelen))
+
+    def _after_sendto(self, pending):
+        """A datagram was queued: report an error, pause the protocol above the high water."""
         if pending < 0:
             self._protocol.error_received(OSError(-pending, os.strerror(-pending)))
         elif pending > self._high_water:

@@ -8,6 +8,10 @@
  *                       transport's _on_* method or the op's callback;
  *   Writer(data)        a transport's write(): bytes go to al_conn_send without
  *                       a Python frame; anything unusual falls back to Python;
+ *   DgramReceiver       a datagram transport's receive state: a datagram goes
+ *                       straight to protocol.datagram_received(data, addr);
+ *   DgramSender(d, a)   a datagram transport's sendto(): bytes to a cached
+ *                       address go to al_dgram_send without a Python frame;
  *   LoopCore.run_once() asyncio's _run_once: timers, the wait (above), then
  *                       the ready handles, each callback run in its context
  *                       without Handle._run's Python frame.
@@ -18,6 +22,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <limits.h>
+#include <string.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -27,13 +32,15 @@ enum { MAX_EVENTS = 1024, CQE_F_MORE = 1 << 1 };
 
 typedef int (*wait_fn)(al_loop *, int64_t, uint64_t *, int64_t *, uint64_t *, int64_t *, int);
 typedef int64_t (*send_fn)(al_loop *, al_conn *, const char *, size_t);
+typedef int64_t (*dsend_fn)(al_loop *, al_conn *, const char *, size_t, const void *, unsigned);
 
 static PyObject *s_fast_proto, *s_data_received, *s_on_data, *s_on_dgram, *s_on_eof,
     *s_on_error, *s_on_drain, *s_on_released, *s_fatal_error, *s_on_error_attr,
     *s_message, *s_exception, *s_write, *s_after_send, *s_cancelled, *s_run, *s_when,
     *s_stopping, *s_debug, *s_scheduled, *s_append, *s_popleft, *s_drop_cancelled,
     *s_flush_batches, *s_process_events, *s_run_ready_debug, *s_callback, *s_args, *s_context,
-    *s_handle_run;
+    *s_handle_run, *s_datagram_received, *s_dgram_failed, *s_peer, *s_sendto_py,
+    *s_after_sendto;
 static PyObject *msg_data_failed, *msg_completion;
 
 /* ---- errors ---- */
@@ -167,6 +174,154 @@ static PyObject *deliver_data(Dispatcher *self, PyObject *conn, int64_t n, uint6
     return r;
 }
 
+/* ---- DgramReceiver: what the dispatcher needs to hand a datagram to its protocol ---- */
+
+enum { NAME_MAX_LEN = AL_DGRAM_NAME_SPACE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *protocol; /* the transport's protocol (set by Python) */
+    PyObject *peers;    /* the transport's cache: raw sockaddr bytes -> address */
+    unsigned name_gap;  /* bytes from a sender's sockaddr to its payload */
+    /* The last sender: a feed or a ping-pong has one, so its address is reused
+     * without building a bytes key per datagram. */
+    unsigned last_len;
+    unsigned char last_name[NAME_MAX_LEN];
+    PyObject *last_addr;
+} DgramReceiver;
+
+static int DgramReceiver_init(DgramReceiver *self, PyObject *args, PyObject *kw)
+{
+    PyObject *peers;
+    unsigned gap;
+    if (!PyArg_ParseTuple(args, "O!I", &PyDict_Type, &peers, &gap))
+        return -1;
+    Py_XSETREF(self->peers, Py_NewRef(peers));
+    Py_XSETREF(self->protocol, Py_NewRef(Py_None));
+    Py_CLEAR(self->last_addr);
+    self->name_gap = gap;
+    self->last_len = 0;
+    return 0;
+}
+
+static int DgramReceiver_traverse(DgramReceiver *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->peers);
+    Py_VISIT(self->last_addr);
+    return 0;
+}
+
+static int DgramReceiver_clear(DgramReceiver *self)
+{
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->peers);
+    Py_CLEAR(self->last_addr);
+    return 0;
+}
+
+static void DgramReceiver_dealloc(DgramReceiver *self)
+{
+    PyObject_GC_UnTrack(self);
+    DgramReceiver_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef DgramReceiver_members[] = {
+    {"protocol", T_OBJECT, offsetof(DgramReceiver, protocol), 0, "the protocol to call"},
+    {NULL},
+};
+
+static PyTypeObject DgramReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.DgramReceiver",
+    .tp_doc = "DgramReceiver(peers, name_gap): lets the dispatcher call datagram_received.",
+    .tp_basicsize = sizeof(DgramReceiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)DgramReceiver_init,
+    .tp_dealloc = (destructor)DgramReceiver_dealloc,
+    .tp_traverse = (traverseproc)DgramReceiver_traverse,
+    .tp_clear = (inquiry)DgramReceiver_clear,
+    .tp_members = DgramReceiver_members,
+};
+
+/* The sender's address (a new reference): the last sender's, else the peers
+ * cache's, else the transport's _peer(raw), which decodes and caches it. */
+static PyObject *sender_address(DgramReceiver *rcv, PyObject *conn, const unsigned char *name,
+                                unsigned len)
+{
+    if (rcv->last_addr && len == rcv->last_len && memcmp(name, rcv->last_name, len) == 0)
+        return Py_NewRef(rcv->last_addr);
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)name, len);
+    if (!raw)
+        return NULL;
+    PyObject *addr = PyDict_GetItemWithError(rcv->peers, raw);
+    if (addr)
+        Py_INCREF(addr);
+    else if (!PyErr_Occurred())
+        addr = PyObject_CallMethodOneArg(conn, s_peer, raw);
+    Py_DECREF(raw);
+    if (addr) {
+        memcpy(rcv->last_name, name, len);
+        rcv->last_len = len;
+        Py_XSETREF(rcv->last_addr, Py_NewRef(addr));
+    }
+    return addr;
+}
+
+/* A datagram: protocol.datagram_received(data, addr) when the transport allows
+ * it (_fast_proto is its DgramReceiver: reading, nothing stashed, no batch
+ * protocol), else the transport's _on_dgram. An exception of the protocol goes
+ * to the transport's _dgram_failed (the loop's exception handler); the endpoint
+ * stays open, as call_protocol does. */
+static PyObject *deliver_dgram(Dispatcher *self, PyObject *conn, int64_t n, uint64_t aux,
+                               int64_t stamp)
+{
+    PyObject *fast = PyObject_GetAttr(conn, s_fast_proto);
+    if (!fast)
+        return NULL;
+    if (!Py_IS_TYPE(fast, &DgramReceiverType) || !((DgramReceiver *)fast)->protocol ||
+        ((DgramReceiver *)fast)->protocol == Py_None) {
+        Py_DECREF(fast);
+        PyObject *args[] = {conn, PyLong_FromLongLong(n), PyLong_FromUnsignedLongLong(aux),
+                            PyLong_FromLongLong(stamp)};
+        PyObject *r = NULL;
+        if (args[1] && args[2] && args[3])
+            r = PyObject_VectorcallMethod(s_on_dgram, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          NULL);
+        Py_XDECREF(args[1]);
+        Py_XDECREF(args[2]);
+        Py_XDECREF(args[3]);
+        return r;
+    }
+    DgramReceiver *rcv = (DgramReceiver *)fast;
+    uint64_t off = aux & 0xFFFFFFFFFFull;
+    unsigned namelen = (unsigned)(aux >> 40);
+    PyObject *proto = Py_NewRef(rcv->protocol);
+    PyObject *addr = sender_address(rcv, conn, self->pool + off - rcv->name_gap,
+                                    namelen < NAME_MAX_LEN ? namelen : NAME_MAX_LEN);
+    PyObject *data = addr ? PyBytes_FromStringAndSize((const char *)self->pool + off, n) : NULL;
+    PyObject *r = NULL;
+    if (data) {
+        PyObject *args[] = {proto, data, addr};
+        r = PyObject_VectorcallMethod(s_datagram_received, args,
+                                      3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (!r && !is_fatal_exit()) {
+            PyObject *exc = take_exception();
+            PyObject *fargs[] = {conn, proto, exc ? exc : Py_None};
+            r = PyObject_VectorcallMethod(s_dgram_failed, fargs,
+                                          3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_XDECREF(exc);
+        }
+    }
+    Py_XDECREF(data);
+    Py_XDECREF(addr);
+    Py_DECREF(proto);
+    Py_DECREF(fast);
+    return r;
+}
+
 static PyObject *call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b,
                              PyObject *c)
 {
@@ -183,12 +338,7 @@ static PyObject *conn_event(Dispatcher *self, PyObject *tok, PyObject *conn, int
     case AL_EV_DATA:
         return deliver_data(self, conn, r, self->aux[i]);
     case AL_EV_DGRAM:
-        a = PyLong_FromLongLong(r);
-        b = PyLong_FromUnsignedLongLong(self->aux[i]);
-        c = PyLong_FromLongLong(self->stamps[i]);
-        if (a && b && c)
-            out = call_method(conn, s_on_dgram, a, b, c);
-        break;
+        return deliver_dgram(self, conn, r, self->aux[i], self->stamps[i]);
     case AL_EV_EOF:
         return call_method(conn, s_on_eof, NULL, NULL, NULL);
     case AL_EV_ERR:
@@ -422,6 +572,153 @@ static PyTypeObject WriterType = {
     .tp_init = (initproc)Writer_init,
     .tp_dealloc = (destructor)Writer_dealloc,
     .tp_members = Writer_members,
+};
+
+/* ---- DgramSender: a datagram transport's sendto() ---- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    al_loop *ring;
+    unsigned long long conn; /* al_conn *, 0 while sends must take the Python path */
+    long long high_water;
+    dsend_fn send;
+    PyObject *address;   /* the connected peer, or None */
+    PyObject *packed;    /* the transport's cache: address -> C sockaddr bytes */
+    PyObject *transport; /* a weak reference: the transport holds us */
+} DgramSender;
+
+/* transport._sendto(*args, **kw): type and address errors, closed endpoints,
+ * addresses not packed yet -- whatever the C path does not take. */
+static PyObject *sender_slow(DgramSender *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    PyObject *t = PyWeakref_GetObject(self->transport);
+    if (!t)
+        return NULL;
+    if (t == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[5];
+    PyObject **vec = nargs + nkw + 1 <= 5 ? small
+                                          : PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+    if (!vec)
+        return PyErr_NoMemory();
+    vec[0] = t;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        vec[i + 1] = args[i];
+    Py_INCREF(t);
+    PyObject *r = PyObject_VectorcallMethod(s_sendto_py, vec, (nargs + 1), kwnames);
+    Py_DECREF(t);
+    if (vec != small)
+        PyMem_Free(vec);
+    return r;
+}
+
+/* The sockaddr for addr, borrowed from the cache: 1 found (NULL name: the
+ * connected peer or none), 0 not there (Python packs it or raises). */
+static int cached_name(DgramSender *self, PyObject *addr, PyObject **name)
+{
+    *name = NULL;
+    if (self->address != Py_None) {
+        if (addr == Py_None || addr == self->address)
+            return 1;
+        int eq = PyObject_RichCompareBool(addr, self->address, Py_EQ);
+        if (eq < 0)
+            PyErr_Clear();
+        return eq > 0;
+    }
+    if (addr == Py_None)
+        return 1;
+    *name = PyDict_GetItemWithError(self->packed, addr);
+    if (*name && PyBytes_CheckExact(*name))
+        return 1;
+    PyErr_Clear(); /* unhashable & co.: Python says what is wrong */
+    return 0;
+}
+
+static PyObject *DgramSender_vectorcall(DgramSender *self, PyObject *const *args, size_t nargsf,
+                                        PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!self->conn || nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames)) ||
+        !PyBytes_CheckExact(args[0]))
+        return sender_slow(self, args, nargs, kwnames);
+    PyObject *data = args[0], *name;
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (len == 0)
+        Py_RETURN_NONE; /* as asyncio: an empty datagram is not sent */
+    if (!cached_name(self, nargs == 2 ? args[1] : Py_None, &name))
+        return sender_slow(self, args, nargs, kwnames);
+    int64_t pending = self->send(self->ring, (al_conn *)(uintptr_t)self->conn,
+                                 PyBytes_AS_STRING(data), (size_t)len,
+                                 name ? PyBytes_AS_STRING(name) : NULL,
+                                 name ? (unsigned)PyBytes_GET_SIZE(name) : 0);
+    if (pending >= 0 && pending <= self->high_water)
+        Py_RETURN_NONE;
+    PyObject *t = PyWeakref_GetObject(self->transport);
+    if (!t || t == Py_None)
+        return t ? Py_NewRef(Py_None) : NULL;
+    PyObject *p = PyLong_FromLongLong(pending);
+    if (!p)
+        return NULL;
+    Py_INCREF(t);
+    PyObject *r = PyObject_CallMethodOneArg(t, s_after_sendto, p);
+    Py_DECREF(t);
+    Py_DECREF(p);
+    return r;
+}
+
+static int DgramSender_init(DgramSender *self, PyObject *args, PyObject *kw)
+{
+    PyObject *transport, *address, *packed;
+    unsigned long long ring, send;
+    if (!PyArg_ParseTuple(args, "OKKOO!", &transport, &ring, &send, &address, &PyDict_Type,
+                          &packed))
+        return -1;
+    PyObject *ref = PyWeakref_NewRef(transport, NULL);
+    if (!ref)
+        return -1;
+    Py_XSETREF(self->transport, ref);
+    Py_XSETREF(self->address, Py_NewRef(address));
+    Py_XSETREF(self->packed, Py_NewRef(packed));
+    self->ring = (al_loop *)(uintptr_t)ring;
+    self->send = (dsend_fn)(uintptr_t)send;
+    self->conn = 0;
+    self->high_water = 0;
+    self->vectorcall = (vectorcallfunc)DgramSender_vectorcall;
+    return 0;
+}
+
+static void DgramSender_dealloc(DgramSender *self)
+{
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->address);
+    Py_CLEAR(self->packed);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef DgramSender_members[] = {
+    {"conn", T_ULONGLONG, offsetof(DgramSender, conn), 0, "al_conn address; 0: Python path"},
+    {"high_water", T_LONGLONG, offsetof(DgramSender, high_water), 0, "pending bytes that pause"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(DgramSender, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject DgramSenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.DgramSender",
+    .tp_doc = "DgramSender(transport, ring, al_dgram_send, address, packed): sendto() in C.",
+    .tp_basicsize = sizeof(DgramSender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(DgramSender, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)DgramSender_init,
+    .tp_dealloc = (destructor)DgramSender_dealloc,
+    .tp_members = DgramSender_members,
 };
 
 /* ---- LoopCore: the loop's iteration (asyncio's _run_once) ---- */
@@ -771,9 +1068,15 @@ PyMODINIT_FUNC PyInit__evloop(void)
     INTERN(s_callback, "_callback");
     INTERN(s_args, "_args");
     INTERN(s_context, "_context");
+    INTERN(s_datagram_received, "datagram_received");
+    INTERN(s_dgram_failed, "_dgram_failed");
+    INTERN(s_peer, "_peer");
+    INTERN(s_sendto_py, "_sendto");
+    INTERN(s_after_sendto, "_after_sendto");
     INTERN(msg_data_failed, "Fatal error: protocol.data_received() call failed.");
     INTERN(msg_completion, "Exception in io_uring completion handler");
     if (PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&WriterType) < 0 ||
+        PyType_Ready(&DgramReceiverType) < 0 || PyType_Ready(&DgramSenderType) < 0 ||
         PyType_Ready(&LoopCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
@@ -781,6 +1084,8 @@ PyMODINIT_FUNC PyInit__evloop(void)
         return NULL;
     if (PyModule_AddObjectRef(m, "Dispatcher", (PyObject *)&DispatcherType) < 0 ||
         PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObjectRef(m, "DgramReceiver", (PyObject *)&DgramReceiverType) < 0 ||
+        PyModule_AddObjectRef(m, "DgramSender", (PyObject *)&DgramSenderType) < 0 ||
         PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&LoopCoreType) < 0) {
         Py_DECREF(m);
         return NULL;

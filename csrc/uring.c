@@ -317,7 +317,7 @@ void al_conn_free(al_conn *c)
 
 al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token, int timestamps)
 {
-    al_conn *c = al_conn_new(l, fd, token);
+    al_conn *c = al_stream_new(l, fd, token); /* the file table too: no fget per op */
     if (c) {
         c->dgram = 1;
         c->rmsg.msg_namelen = AL_DGRAM_NAME_SPACE;
@@ -326,15 +326,16 @@ al_conn *al_dgram_new(al_loop *l, int fd, uint64_t token, int timestamps)
     return c;
 }
 
-/* One datagram in flight: everything sendmsg needs, in one allocation. */
+/* One datagram in flight: its bytes and destination, in one allocation. */
 struct dsend {
-    struct msghdr msg;
-    struct iovec iov;
     struct sockaddr_storage addr;
     al_conn *c;
+    size_t len;
     char data[];
 };
 
+/* A plain send with the destination in the SQE (the kernel's sendto, 6.0+):
+ * no msghdr or iovec for the kernel to copy in and check per datagram. */
 int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len, const void *addr,
                       unsigned addrlen)
 {
@@ -345,24 +346,21 @@ int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len, const
     struct dsend *d = malloc(sizeof *d + len);
     if (!d)
         return -ENOMEM;
-    memset(&d->msg, 0, sizeof d->msg);
     memcpy(d->data, buf, len);
-    d->iov.iov_base = d->data;
-    d->iov.iov_len = len;
-    d->msg.msg_iov = &d->iov;
-    d->msg.msg_iovlen = 1;
-    if (addrlen) {
-        memcpy(&d->addr, addr, addrlen);
-        d->msg.msg_name = &d->addr;
-        d->msg.msg_namelen = addrlen;
-    }
+    d->len = len;
     d->c = c;
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe) {
         free(d);
         return -EBUSY;
     }
-    io_uring_prep_sendmsg(sqe, c->fd, &d->msg, 0);
+    io_uring_prep_send(sqe, c->slot >= 0 ? c->slot : c->fd, d->data, len, 0);
+    if (c->slot >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
+    if (addrlen) {
+        memcpy(&d->addr, addr, addrlen);
+        io_uring_prep_send_set_addr(sqe, (const struct sockaddr *)&d->addr, (uint16_t)addrlen);
+    }
     set_ud(l, sqe, (uint64_t)(uintptr_t)d | TAG_DSEND);
     c->dsends++;
     c->dpending += len;
@@ -375,10 +373,11 @@ static int arm_recv(al_loop *l, al_conn *c)
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe)
         return -EBUSY;
+    int fd = c->slot >= 0 ? c->slot : c->fd;
     if (c->dgram)
-        io_uring_prep_recvmsg_multishot(sqe, c->fd, &c->rmsg, 0);
+        io_uring_prep_recvmsg_multishot(sqe, fd, &c->rmsg, 0);
     else
-        io_uring_prep_recv_multishot(sqe, c->slot >= 0 ? c->slot : c->fd, NULL, 0, 0);
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
     if (c->slot >= 0)
         sqe->flags |= IOSQE_FIXED_FILE;
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -591,7 +590,7 @@ static void on_dsend(al_loop *l, struct dsend *d, int r, struct out *o)
 {
     al_conn *c = d->c;
     c->dsends--;
-    c->dpending -= d->iov.iov_len;
+    c->dpending -= d->len;
     free(d);
     if (r < 0 && !c->closing)
         post(o, c->token, AL_EV_ERR, r, 0);
