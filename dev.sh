@@ -9,9 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(gcc pkg-config liburing-dev iproute2 ethtool
+APT_PACKAGES=(gcc g++ pkg-config liburing-dev iproute2 ethtool libssl-dev
     libxdp-dev libbpf-dev xdp-tools dpdk dpdk-dev libdpdk-dev)
 VENV=.venv
+QUICKFIX_VERSION=1.16.0
+WHEEL_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/aiolowlat/wheels
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -33,9 +35,60 @@ PY
     fi
 }
 
+# QuickFIX's sdist builds without TLS (its config.h leaves HAVE_SSL undefined and setup.py
+# links no OpenSSL), and the FIX-over-TLS interop tests need it: so we build it ourselves,
+# patched, once (~6 min), and keep the wheel outside the tree for later venvs.
+quickfix_has_ssl() {
+    local so
+    so=$("$VENV/bin/python" -c \
+        'import importlib.util as u; print(getattr(u.find_spec("_quickfix"), "origin", ""))')
+    [ -n "$so" ] && [[ $(ldd "$so") == *libssl.so* ]]  # (grep -q would SIGPIPE ldd: pipefail)
+}
+
+build_quickfix_wheel() (
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    echo "dev.sh: building QuickFIX $QUICKFIX_VERSION with TLS (once, ~6 min)" >&2
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-binary :all: \
+        --no-deps "quickfix==$QUICKFIX_VERSION" -d "$tmp"
+    tar -xzf "$tmp/quickfix-$QUICKFIX_VERSION.tar.gz" -C "$tmp"
+    src=$tmp/quickfix-$QUICKFIX_VERSION
+    sed -i 's|^/\* #undef HAVE_SSL \*/$|#define HAVE_SSL 1|' "$src/C++/config.h"
+    sed -i "s|^\( *\)glob.glob('C++/\*.cpp'),$|&\n\1libraries=['ssl', 'crypto'],|" "$src/setup.py"
+    if ! grep -q '^#define HAVE_SSL 1$' "$src/C++/config.h" \
+        || ! grep -q "libraries=\['ssl', 'crypto'\]" "$src/setup.py"; then
+        echo "dev.sh: the TLS patch no longer applies to quickfix-$QUICKFIX_VERSION's sdist" >&2
+        exit 1
+    fi
+    if ! "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
+        -w "$tmp/out" "$src"; then
+        echo "dev.sh: building QuickFIX with TLS failed (see above; it needs g++, libssl-dev" \
+            "and the Python headers)" >&2
+        exit 1
+    fi
+    mkdir -p "$WHEEL_CACHE"
+    mv "$tmp"/out/quickfix-*.whl "$WHEEL_CACHE/"
+)
+
+install_quickfix_with_ssl() {
+    quickfix_has_ssl && return 0
+    local from_cache=(-m pip install -q --disable-pip-version-check --force-reinstall
+        --no-deps --no-index --find-links "$WHEEL_CACHE" "quickfix==$QUICKFIX_VERSION")
+    if ! "$VENV/bin/python" "${from_cache[@]}" 2>/dev/null; then
+        build_quickfix_wheel
+        "$VENV/bin/python" "${from_cache[@]}"
+    fi
+    if ! quickfix_has_ssl; then
+        echo "dev.sh: the quickfix installed from $WHEEL_CACHE has no TLS (no libssl linked);" \
+            "delete that wheel and run again" >&2
+        exit 1
+    fi
+}
+
 install_python_packages() {
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    install_quickfix_with_ssl
     # Editable, so the tests and examples import this tree with its compiled core.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
 }

@@ -2,6 +2,12 @@
 
     python tests/fix_quickfix_peer.py acceptor --port P --dir D [--begin FIX.4.4]
     python tests/fix_quickfix_peer.py initiator --port P --dir D [--begin FIX.4.4]
+    ... --tls --ca CA.pem --cert C.pem --key K.pem [--verify-level 1]
+
+With --tls it runs QuickFIX's SSLSocketAcceptor / SSLSocketInitiator (which need a quickfix
+built with HAVE_SSL, as dev.sh builds it): --cert/--key are the acceptor's server certificate
+or the initiator's client certificate; --ca checks the other side's, and the acceptor
+requires one when --verify-level is 1.
 
 It prints one JSON object a line for what QuickFIX sees (logon, every message in and out
 with MsgSeqNum and PossDupFlag, logout). Acceptor: answers each NewOrderSingle with an
@@ -12,6 +18,7 @@ reports (or after ``--seconds``).
 """
 
 import argparse
+import ctypes
 import faulthandler
 import itertools
 import json
@@ -128,6 +135,20 @@ class Peer(fix.Application):
         fix.Session.sendToTarget(msg, self.session_id)
 
 
+def tls_settings(args):
+    """QuickFIX C++'s SSL keys; it reads them from [DEFAULT] only (settings.get() in
+    UtilitySSL.cpp), never from a [SESSION]."""
+    if not args.tls:
+        return []
+    role = "Server" if args.role == "acceptor" else "Client"
+    lines = [f"CertificationAuthoritiesFile={args.ca}"]
+    if args.cert:
+        lines += [f"{role}CertificateFile={args.cert}", f"{role}CertificateKeyFile={args.key}"]
+    if args.verify_level is not None:
+        lines.append(f"CertificateVerifyLevel={args.verify_level}")
+    return lines
+
+
 def settings_text(args):
     spec = os.path.join(sys.prefix, "share", "quickfix", args.begin.replace(".", "") + ".xml")
     lines = [
@@ -141,6 +162,7 @@ def settings_text(args):
         "HeartBtInt=30",
         "ReconnectInterval=1",
         "ResetOnLogon=Y",
+        *tls_settings(args),
         "[SESSION]",
         f"BeginString={args.begin}",
     ]
@@ -161,7 +183,16 @@ def main():
     parser.add_argument("--begin", default="FIX.4.4")
     parser.add_argument("--expect", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--ca")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--verify-level", type=int, choices=(0, 1, 2))
     args = parser.parse_args()
+    if args.tls and (not args.ca or bool(args.cert) != bool(args.key)):
+        parser.error("--tls needs --ca, and --cert with --key")
+    if args.tls and args.role == "acceptor" and not args.cert:
+        parser.error("a TLS acceptor needs --cert and --key")
     os.makedirs(args.dir, exist_ok=True)
     cfg = os.path.join(args.dir, f"{args.role}.cfg")
     with open(cfg, "w") as f:
@@ -170,10 +201,10 @@ def main():
     settings = fix.SessionSettings(cfg)
     store = fix.FileStoreFactory(settings)
     log = fix.ScreenLogFactory(False, False, False)
-    if args.role == "acceptor":
-        engine = fix.SocketAcceptor(app, store, settings, log)
-    else:
-        engine = fix.SocketInitiator(app, store, settings, log)
+    engines = {("acceptor", False): fix.SocketAcceptor, ("initiator", False): fix.SocketInitiator,
+               ("acceptor", True): fix.SSLSocketAcceptor,
+               ("initiator", True): fix.SSLSocketInitiator}
+    engine = engines[args.role, args.tls](app, store, settings, log)
     engine.start()
     emit(event="started")
     deadline = time.monotonic() + args.seconds
@@ -204,6 +235,9 @@ def main():
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
+    # QuickFIX's SSL layer printf()s each certificate check ("Certificate Verification: ..."),
+    # which the tests read: push out C's buffer too, as _exit will not.
+    ctypes.CDLL(None).fflush(None)
     # The binding can crash while tearing down engine threads at interpreter exit (after a
     # clean stop): leave without running destructors.
     os._exit(code)

@@ -31,10 +31,10 @@ def free_port():
 class QuickFixPeer:
     """The QuickFIX subprocess; its JSON lines are collected by a reader thread."""
 
-    def __init__(self, role, port, directory, begin, expect=4, seconds=25):
+    def __init__(self, role, port, directory, begin, expect=4, seconds=25, extra=()):
         self.proc = subprocess.Popen(
             [sys.executable, PEER, role, "--port", str(port), "--dir", str(directory),
-             "--begin", begin, "--expect", str(expect), "--seconds", str(seconds)],
+             "--begin", begin, "--expect", str(expect), "--seconds", str(seconds), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.events = []
         self._lock = threading.Lock()
@@ -43,8 +43,12 @@ class QuickFixPeer:
 
     def _read(self):
         for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:  # QuickFIX's own prints (OpenSSL errors), kept for messages
+                event = {"event": "text", "text": line.rstrip("\n")}
             with self._lock:
-                self.events.append(json.loads(line))
+                self.events.append(event)
 
     def seen(self, **match):
         with self._lock:
