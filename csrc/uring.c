@@ -21,7 +21,7 @@ enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG
 #define BGID 0
 
 enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
-       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_N };
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_DIRECT_SENDS, ST_N };
 
 struct al_loop {
     struct io_uring ring;
@@ -46,6 +46,7 @@ struct al_loop {
     int busy_poll;
     pid_t owner; /* the thread that enabled the ring; 0 until the first wait */
     int inflight; /* SQEs whose final CQE has not been reaped */
+    int last_events; /* events the last wait handed to Python: 0 or 1 is a quiet loop */
     uint64_t stats[ST_N];
 };
 
@@ -468,9 +469,23 @@ int64_t al_conn_send(al_loop *l, al_conn *c, const char *buf, size_t len)
         c->q_len += len;
         return al_conn_pending(c);
     }
+    /* Nothing in flight and a quiet loop (the last wait brought at most one event):
+     * offer the bytes to the socket first, as asyncio's write() does. A send(2) that
+     * takes them all costs less than an io_uring send and its completion (64 B TCP
+     * ping-pong in C on our ring, one core: 15.1 -> 14.4 us); a busy loop's sends are
+     * cheaper batched into its next io_uring_enter (100 connections: 1.5x uvloop's round
+     * trips/s, 1.0-1.3x with a send(2) each). What send(2) leaves, or an error, goes by
+     * io_uring as before: in order, errors reported as completions. */
+    ssize_t sent = l->last_events > 1 ? 0 : send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent == (ssize_t)len) {
+        l->stats[ST_DIRECT_SENDS]++;
+        return 0;
+    }
+    size_t done = sent > 0 ? (size_t)sent : 0;
+    len -= done;
     if (reserve(&c->out, &c->out_cap, len))
         return -ENOMEM;
-    memcpy(c->out, buf, len);
+    memcpy(c->out, buf + done, len);
     c->out_len = len;
     c->out_off = 0;
     int ret = submit_send(l, c);
@@ -785,6 +800,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64
             return stop;
         int woken = 0;
         reap(l, &o, max, &woken);
+        l->last_events = o.n;
         if (o.n || woken || stop || timeout_ns == 0)
             return o.n;
         /* Only internal completions (a send that went out in full): keep waiting

@@ -189,3 +189,35 @@ def test_lowered_write_buffer_limits_pause_and_resume_the_protocol(loop):
 
     run(loop, main())
     assert client.events == ["pause", "resume"]
+
+
+@pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
+def test_quiet_writes_go_out_by_send_and_the_rest_by_the_ring_in_order(loop):
+    """A quiet loop's write() offers its bytes to send(2) first; what the socket does not
+    take (a write larger than its buffer) follows by io_uring, and order holds."""
+    import socket
+
+    chunks = [bytes([i]) * size for i, size in enumerate((64, 8 << 20, 64, 1000, 3 << 20))]
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+        got = Recorder(loop)
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        await loop.create_connection(lambda: got, sock=b)
+        before = loop.ring_stats()
+        tr.write(chunks[0])
+        await received(got, len(chunks[0]))
+        quiet = loop.ring_stats()
+        for chunk in chunks[1:]:
+            tr.write(chunk)  # the 8 MiB one fills the socket: the rest queue behind it
+        await received(got, sum(map(len, chunks)), timeout=10)
+        assert got.data == b"".join(chunks)
+        tr.close()
+        got.transport.close()
+        return before, quiet, loop.ring_stats()
+
+    before, quiet, after = run(loop, main(), timeout=20)
+    assert quiet["direct_sends"] == before["direct_sends"] + 1
+    assert quiet["sends"] == before["sends"]  # no io_uring send for it
+    assert after["sends"] > quiet["sends"]  # the 8 MiB write's remainder went by the ring
