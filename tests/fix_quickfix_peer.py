@@ -226,8 +226,12 @@ def main():
     finally:
         if args.role == "initiator" or app.logged_on_now:
             engine.stop()
-        # else: the counterparty logged out already; QuickFIX 1.16's SocketAcceptor.stop()
-        # segfaults here now and then in that state, and there is nothing left to stop.
+        # else: the counterparty logged out already, and there is nothing left to stop. Here
+        # QuickFIX 1.16's Acceptor::stop() races its own engine thread: it sets m_stop, then
+        # closes m_pServer from this thread while the engine thread, woken by the disconnect
+        # and seeing m_stop, closes and deletes that same m_pServer (SocketAcceptor::onStart;
+        # SSLSocketAcceptor has the same code), with no lock: a use-after-free in
+        # SocketServer::close() (a core dump shows it; about 1 stop in 25 right after logout).
         emit(event="stopped")
     return 0
 
