@@ -231,7 +231,7 @@ def main():
         # closes m_pServer from this thread while the engine thread, woken by the disconnect
         # and seeing m_stop, closes and deletes that same m_pServer (SocketAcceptor::onStart;
         # SSLSocketAcceptor has the same code), with no lock: a use-after-free in
-        # SocketServer::close() (a core dump shows it; about 1 stop in 25 right after logout).
+        # SocketServer::close() (a core dump shows it; 2 crashes in 20 stops right after logout).
         emit(event="stopped")
     return 0
 
