@@ -37,10 +37,16 @@ CASES = {
     "uring": ("uring", "aiolowlat-busy", "192.0.2.1"),
     "af_xdp": ("af_xdp", "aiolowlat-busy", ENGINE_IP),
     "dpdk": ("dpdk", "aiolowlat-busy", ENGINE_IP),
+    "dpdk-af_xdp": ("dpdk", "aiolowlat-busy", ENGINE_IP),
+    "dpdk-af_packet": ("dpdk", "aiolowlat-busy", ENGINE_IP),
     "kernel-sleep": ("kernel", "aiolowlat", "192.0.2.1"),
     "af_xdp-eventfd": ("af_xdp", "aiolowlat", ENGINE_IP),
     "dpdk-eventfd": ("dpdk", "aiolowlat", ENGINE_IP),
 }
+
+# DPDK cases that name their virtual device (plain "dpdk" takes the engine's default)
+VDEVS = {"af_xdp": "net_af_xdp,iface={iface}",
+         "af_packet": "net_af_packet,iface={iface},framecnt=4096"}
 
 
 def build_client() -> str:
@@ -83,8 +89,10 @@ async def serve(case: str, iface: str, seconds: float):
     busy = loop_kind == "aiolowlat-busy"
     options = {}
     if impl in ("af_xdp", "dpdk"):
+        vdev = VDEVS.get(case.split("-", 1)[-1], "").format(iface=iface)
         options["engine"] = EngineConfig(interface=iface, poll=busy, threaded=not busy,
-                                         busy_poll=False, core=SERVER_CORE if busy else None)
+                                         busy_poll=False, core=SERVER_CORE if busy else None,
+                                         vdev=vdev)
     transport, echo = await open_datagram_endpoint(Echo, transport=impl, local_addr=(host, PORT),
                                                    **options)
     print("ready", flush=True)
