@@ -42,7 +42,8 @@ from aiolowlat.transports import (
 from aiolowlat.transports._engine import Engine
 
 ENGINE_IP, PORT, GROUP = "192.0.2.10", 30001, "239.7.7.7"
-KINDS = ("af_xdp", "dpdk")
+# dpdk: the engine's default vdev, net_af_xdp on this veth; dpdk-af_packet: its fallback
+KINDS = ("af_xdp", "dpdk", "dpdk-af_packet")
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,14 @@ def dpdk_eal(hosts):
     Engine("dpdk", config(hosts), ENGINE_IP).stop()
 
 
-def config(hosts, **options):
+def config(hosts, kind="", **options):
+    if kind == "dpdk-af_packet":
+        options["vdev"] = f"net_af_packet,iface={hosts.dev_a},framecnt=4096"
     return EngineConfig(interface=hosts.dev_a, netns=hosts.a, **options)
+
+
+def transport_of(kind):
+    return kind.split("-")[0]
 
 
 def forget_engine(hosts):
@@ -113,8 +120,9 @@ async def open_peer(hosts, want):
 
 async def echo_round(hosts, kind, protocol, count=20, **options):
     forget_engine(hosts)
-    tr, _ = await open_datagram_endpoint(protocol, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                         engine=config(hosts, **options))
+    tr, _ = await open_datagram_endpoint(protocol, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT),
+                                         engine=config(hosts, kind, **options))
     peer_tr, peer = await open_peer(hosts, count)
     try:
         for i in range(count):
@@ -131,6 +139,8 @@ async def echo_round(hosts, kind, protocol, count=20, **options):
     assert f"lladdr {mac}" in peer_neighbour(hosts)  # the peer learned us from our ARP reply
     assert stats["arp_replies"] >= 1 and stats["rx_udp"] == count
     assert stats["tx_frames"] == count and stats["rx_ring_full"] == 0
+    # XDP native on veth for the af_xdp engine and dpdk's default vdev, net_af_xdp
+    assert stats["xdp_mode"] == (0 if kind == "dpdk-af_packet" else 2)
     return stats
 
 
@@ -166,9 +176,9 @@ def test_polling_modes(hosts, kind, options):
 def test_the_engine_resolves_a_destination_by_arp(loop, hosts, kind):
     async def main():
         ip("-n", hosts.b, "neigh", "flush", "dev", hosts.dev_b)
-        tr, _ = await open_datagram_endpoint(asyncio.DatagramProtocol, transport=kind,
+        tr, _ = await open_datagram_endpoint(asyncio.DatagramProtocol, transport=transport_of(kind),
                                              local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+                                             engine=config(hosts, kind))
         peer_tr, peer = await open_peer(hosts, 3)
         try:
             for i in range(3):  # the first ones wait in the engine for the ARP reply
@@ -193,8 +203,9 @@ def test_static_arp_entries_are_used_without_asking(loop, hosts, kind):
                              capture_output=True, text=True, timeout=10).stdout
         peer_mac = out.split("link/ether ")[1].split()[0]
         tr, _ = await open_datagram_endpoint(
-            asyncio.DatagramProtocol, transport=kind, local_addr=(ENGINE_IP, PORT),
-            engine=config(hosts, static_arp={hosts.addr_b: peer_mac}))
+            asyncio.DatagramProtocol, transport=transport_of(kind),
+            local_addr=(ENGINE_IP, PORT),
+            engine=config(hosts, kind, static_arp={hosts.addr_b: peer_mac}))
         peer_tr, peer = await open_peer(hosts, 1)
         try:
             tr.sendto(b"known", peer_tr.get_extra_info("sockname"))
@@ -218,8 +229,9 @@ def test_malformed_and_foreign_frames_are_counted_and_dropped(loop, hosts, kind)
             def datagram_received(self, data, addr):
                 received.append(data)
 
-        tr, _ = await open_datagram_endpoint(Record, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Record, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         mac = bytes.fromhex(tr.get_extra_info("mac").replace(":", ""))
         base = dict(dst_mac=mac, src=hosts.addr_b, dst=ENGINE_IP, dport=PORT)
         bad = {
@@ -254,7 +266,7 @@ def test_malformed_and_foreign_frames_are_counted_and_dropped(loop, hosts, kind)
             grew = after[reason] - before[reason]
             if reason == "mac":  # the peer's kernel may send its own frames meanwhile
                 assert grew >= 1
-            elif reason == "fragment" and kind == "dpdk":
+            elif reason == "fragment" and kind == "dpdk-af_packet":
                 # net_af_packet's socket uses PACKET_FANOUT_FLAG_DEFRAG: the kernel holds
                 # fragments for reassembly, and these never complete, so none reach us.
                 assert grew == 0
@@ -269,20 +281,22 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
     """Two endpoints on one engine and queue: each gets its own port's datagrams and
     answers from it; another port is a counted drop; the engine stops with the last."""
     async def main():
-        cfg = config(hosts)
-        first, _ = await open_datagram_endpoint(Echo, transport=kind,
+        cfg = config(hosts, kind)
+        first, _ = await open_datagram_endpoint(Echo, transport=transport_of(kind),
                                                 local_addr=(ENGINE_IP, PORT), engine=cfg)
-        second, _ = await open_datagram_endpoint(BatchEcho, transport=kind,
+        second, _ = await open_datagram_endpoint(BatchEcho, transport=transport_of(kind),
                                                  local_addr=(ENGINE_IP, PORT + 1), engine=cfg)
         engine = first.get_extra_info("engine")
         assert second.get_extra_info("engine") is engine
         with pytest.raises(OSError) as taken:
-            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT),
+            await open_datagram_endpoint(Echo, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT),
                                          engine=cfg)
         assert taken.value.errno == errno.EADDRINUSE
         with pytest.raises(ValueError, match="other options"):
-            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT + 2),
-                                         engine=config(hosts, ring_slots=1024))
+            await open_datagram_endpoint(Echo, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT + 2),
+                                         engine=config(hosts, kind, ring_slots=1024))
         peer_tr, peer = await open_peer(hosts, 4)
         try:
             port_drops = engine.stats()["drops"]["port"]
@@ -296,7 +310,7 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
             assert second.stats()["endpoint"]["rx_udp"] == 2
             first.close()
             await asyncio.sleep(0.01)
-            assert engine.running and (kind != "af_xdp" or xdp_attached(hosts))
+            assert engine.running and (kind == "dpdk-af_packet" or xdp_attached(hosts))
             peer.want, peer.done = 5, asyncio.Event()
             peer_tr.sendto(b"still", (ENGINE_IP, PORT + 1))
             await asyncio.wait_for(peer.done.wait(), 5)
@@ -316,7 +330,7 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_engines_endpoint_and_group_limits_are_errors(hosts, kind):
-    engine = Engine(kind, config(hosts), ENGINE_IP)
+    engine = Engine(transport_of(kind), config(hosts, kind), ENGINE_IP)
     try:
         with pytest.raises(ValueError, match="not an IPv4 multicast group"):
             engine.open(ENGINE_IP, PORT, ["192.0.2.99"])
@@ -342,8 +356,9 @@ def test_stopping_the_engine_closes_its_endpoints(loop, hosts, kind):
             def connection_lost(self, exc):
                 lost.set()
 
-        tr, _ = await open_datagram_endpoint(Watch, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Watch, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         tr.get_extra_info("engine").stop()
         assert tr.is_closing()
         tr.sendto(b"after stop", (hosts.addr_b, 9))  # dropped, no crash
@@ -375,8 +390,8 @@ def test_what_the_nic_queue_drops_before_the_engine_is_counted(loop, hosts, kind
                 got.extend(batch)
 
         tr, _ = await open_datagram_endpoint(
-            Count, transport=kind, local_addr=(ENGINE_IP, PORT),
-            engine=config(hosts, poll=True, threaded=False, ring_slots=8192))
+            Count, transport=transport_of(kind), local_addr=(ENGINE_IP, PORT),
+            engine=config(hosts, kind, poll=True, threaded=False, ring_slots=8192))
         _blast(hosts, 1)  # ARP first, while the loop polls
         for _ in range(300):  # bounded
             if got:
@@ -404,12 +419,12 @@ def _rss_kib():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fifty_starts_and_stops_leak_nothing(hosts, kind):
-    cfg = config(hosts, ring_slots=1024)
+    cfg = config(hosts, kind, ring_slots=1024)
 
     def cycle(n):
         for _ in range(n):
-            engine = Engine(kind, cfg, ENGINE_IP)
-            assert kind != "af_xdp" or xdp_attached(hosts)
+            engine = Engine(transport_of(kind), cfg, ENGINE_IP)
+            assert (kind == "dpdk-af_packet") != xdp_attached(hosts)
             engine.close_endpoint(engine.open(ENGINE_IP, PORT))
             engine.open(GROUP, PORT + 1, [GROUP])  # stop frees what is still open
             engine.stop()
@@ -586,8 +601,9 @@ def test_an_oversized_datagram_is_an_error_not_a_crash(loop, hosts, kind):
             def error_received(self, exc):
                 errors.append(exc)
 
-        tr, _ = await open_datagram_endpoint(Errors, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Errors, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         tr.sendto(bytes(tr.get_extra_info("engine").max_payload + 1), (hosts.addr_b, 9))
         with pytest.raises(ValueError, match="no remote_addr"):
             tr.sendto(b"where to?")
