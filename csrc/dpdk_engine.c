@@ -40,7 +40,7 @@
 
 #include "bypass_engine.h"
 
-enum { MBUFS = 4095, MBUF_CACHE = 256, RX_DESC = 1024, TX_DESC = 1024, MAX_ARGS = 64,
+enum { MBUFS = 4095, MBUF_CACHE = 256, RX_DESC = 2048, TX_DESC = 2048, MAX_ARGS = 64,
        AF_XDP_RETRY_MS = 1000 };
 
 static const char DEFAULT_EAL_ARGS[] =
