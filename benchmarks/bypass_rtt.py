@@ -4,9 +4,10 @@ The echo side (namespace a, core 1) is, in turn: a busy-polling C echo on a kern
 socket (the floor), and an asyncio DatagramProtocol on the kernel, uring, af_xdp and
 dpdk transports (dpdk on its default vdev, net_af_xdp here, and on net_af_packet). The
 client (namespace b, core 0) is always the same busy-polling C program
-(csrc/bypass_pingpong.c), so every case is measured by one clock and one client. Busy-poll cases run the aiolowlat loop with busy_poll=True; the engines then run
-inline on the loop's core (threaded=False: two cores here, one for each side); the
-"-eventfd" cases use an engine thread that sleeps when idle and wakes the loop by eventfd.
+(csrc/bypass_pingpong.c), so every case is measured by one clock and one client.
+Busy-poll cases run the aiolowlat loop with busy_poll=True; the engines then run inline
+on the loop's core (threaded=False: two cores here, one for each side); the "-eventfd"
+cases use an engine thread that sleeps when idle and wakes the loop by eventfd.
 A flood case sends 64-byte datagrams as fast as the client can and counts what arrives.
 
     python benchmarks/bypass_rtt.py --quick        # under 60 s (root: namespaces, XDP)
