@@ -1,5 +1,6 @@
-/* The DPDK driver of the bypass engine: one port (a virtual device probed per engine),
- * one RX and one TX queue, rte_eth_rx_burst / rte_eth_tx_burst.
+/* The DPDK driver of the bypass engine: one port (a virtual device probed per engine,
+ * net_af_xdp by default, else net_af_packet), one RX and one TX queue,
+ * rte_eth_rx_burst / rte_eth_tx_burst.
  *
  * DPDK's EAL can be initialised once per process (rte_eal_cleanup does not allow a
  * second rte_eal_init), so the first engine initialises it with its EAL arguments and
@@ -211,15 +212,18 @@ static void find_kernel_sockets(struct dpdk_drv *d, const uint8_t *before)
 /* Which virtual device (EngineConfig.vdev, else the default below).
  *
  * net_af_xdp is the default: an XSK in copy mode, as our af_xdp engine's, with the mbuf
- * pool as its umem (see create_pool). On veth here it answers within about 1.1-1.2x of
- * our af_xdp engine's RTT, where net_af_packet took 1.5-2.1x the C floor: net_af_packet's
- * TX ring makes the kernel build each frame as a zero-copy page-fragment skb
- * (tpacket_snd), which a veth copies into a fresh page when it crosses into the peer
- * namespace (skb_copy_ubufs); perf put its sendto at about 4 us per round trip against
- * 1.5 us for an XSK. net_af_packet stays the fallback, for an interface that takes no XDP
- * program (one of another program already on it, no CAP_BPF): any failure to bring up
- * net_af_xdp falls back to it, and stats' xdp_mode says which one runs (0: af_packet).
- * Its earlier stall on veth after ~160 frames was our pool, not the PMD: fixed there. */
+ * pool as its umem (see create_pool). In benchmarks/bypass_rtt.py --quick on veth it
+ * answers as fast as our af_xdp engine (p50 0.9-1.35x of it in the same run; medians of 3
+ * rounds 1.44-1.56x the C floor against af_xdp's 1.38-1.54x, with other sessions loading
+ * both cores), and faster than net_af_packet (1.43-1.97x): net_af_packet's TX ring makes
+ * the kernel build each frame as a zero-copy page-fragment skb (tpacket_snd), which a veth
+ * copies into a fresh page when it crosses into the peer namespace (skb_copy_ubufs); perf
+ * put its sendto at about 4 us per round trip against 1.5 us for an XSK.
+ * net_af_packet stays the fallback, for an interface that takes no XDP program (another
+ * program is on it, no CAP_BPF): any failure to bring net_af_xdp up falls back to it,
+ * and stats' xdp_mode says which runs (0: net_af_packet). net_af_xdp's earlier stall on
+ * veth after ~160 frames was our pool, not the PMD (see create_pool), and its close
+ * leaks what close_leftovers closes. */
 static int probe_port(struct bp_engine *e, struct dpdk_drv *d, const char *spec)
 {
     char vdev[sizeof e->cfg.vdev];
