@@ -8,10 +8,12 @@ b is an ordinary kernel socket. The peer's veth computes UDP checksums in softwa
 
 import asyncio
 import concurrent.futures
+import ctypes
 import errno
 import gc
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -118,7 +120,7 @@ async def open_peer(hosts, want):
     return await open_datagram_endpoint(lambda: Collect(want), transport="kernel", sock=sock)
 
 
-async def echo_round(hosts, kind, protocol, count=20, **options):
+async def echo_round(hosts, kind, protocol, count=20, expect_xdp_mode=None, **options):
     forget_engine(hosts)
     tr, _ = await open_datagram_endpoint(protocol, transport=transport_of(kind),
                                          local_addr=(ENGINE_IP, PORT),
@@ -140,7 +142,9 @@ async def echo_round(hosts, kind, protocol, count=20, **options):
     assert stats["arp_replies"] >= 1 and stats["rx_udp"] == count
     assert stats["tx_frames"] == count and stats["rx_ring_full"] == 0
     # XDP native on veth for the af_xdp engine and dpdk's default vdev, net_af_xdp
-    assert stats["xdp_mode"] == (0 if kind == "dpdk-af_packet" else 2)
+    if expect_xdp_mode is None:
+        expect_xdp_mode = 0 if kind == "dpdk-af_packet" else 2
+    assert stats["xdp_mode"] == expect_xdp_mode
     return stats
 
 
@@ -459,6 +463,46 @@ def test_a_program_left_by_a_killed_process_is_cleared(hosts):
     assert not xdp_attached(hosts)
 
 
+_SYS_BPF, _BPF_PROG_LOAD, _BPF_LINK_CREATE, _BPF_PROG_TYPE_XDP, _BPF_XDP = 321, 5, 28, 6, 37
+
+
+def _bpf(cmd, attr: bytes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(_SYS_BPF, cmd, buf, 128)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"bpf({cmd})")
+    return fd
+
+
+def attach_foreign_xdp(ifname) -> int:
+    """Someone else's XDP program on ifname (r0 = XDP_PASS; exit, named al_foreign),
+    attached by a BPF link in this thread's namespace: the link's fd; closing detaches."""
+    code = struct.pack("<BBhiBBhi", 0xB7, 0, 0, 2, 0x95, 0, 0, 0)  # mov r0, 2; exit
+    insns, license_ = ctypes.create_string_buffer(code), ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII16s", _BPF_PROG_TYPE_XDP, 2, ctypes.addressof(insns),
+                       ctypes.addressof(license_), 0, 0, 0, 0, 0, b"al_foreign")
+    prog = _bpf(_BPF_PROG_LOAD, attr)
+    try:
+        return _bpf(_BPF_LINK_CREATE, struct.pack("<IIII", prog, socket.if_nametoindex(ifname),
+                                                  _BPF_XDP, 0))
+    finally:
+        os.close(prog)  # the link holds the program
+
+
+def test_dpdk_falls_back_to_af_packet_where_xdp_is_taken(loop, hosts):
+    """Another XDP program on the interface: the dpdk engine's default vdev, net_af_xdp,
+    cannot attach, so it runs on net_af_packet (xdp_mode 0) and leaves that program be."""
+    link = in_netns(hosts.a, attach_foreign_xdp, hosts.dev_a)
+    try:
+        stats = run(loop, echo_round(hosts, "dpdk-default", Echo, expect_xdp_mode=0))
+        assert stats["stale_xdp_cleared"] == 0 and stats["start_retries"] == 0
+        assert xdp_attached(hosts)  # still the foreign program
+    finally:
+        os.close(link)
+    assert not xdp_attached(hosts)
+
+
 def test_missing_pieces_are_named():
     async def main():
         with pytest.raises(TransportUnavailableError, match="no interface nosuchif0"):
@@ -481,7 +525,7 @@ def test_missing_pieces_are_named():
 # -- the ITCH feed handler over each transport: the same books --
 
 FEED_CASES = [("aiolowlat", "kernel"), ("aiolowlat", "af_xdp"), ("aiolowlat", "dpdk"),
-              ("asyncio", "af_xdp"), ("uvloop", "dpdk")]
+              ("aiolowlat", "dpdk-af_packet"), ("asyncio", "af_xdp"), ("uvloop", "dpdk")]
 LINES = {"A": ("239.7.7.1", 30011), "B": ("239.7.7.2", 30012)}
 REQUEST_PORT = 30013  # the handler's request endpoint (on the engine: ENGINE_IP)
 
@@ -511,14 +555,14 @@ async def open_feed_endpoints(hosts, transport, handler, request_addr):
         tr, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             handler.request_protocol, sock=sock)
         return [*opened, tr]
-    cfg = config(hosts, local_ip=ENGINE_IP)
+    cfg, kind = config(hosts, transport, local_ip=ENGINE_IP), transport_of(transport)
     opened = []
     for line, (group, port) in LINES.items():
         tr, _ = await open_datagram_endpoint(lambda line=line: handler.protocol(line),
-                                             transport=transport, local_addr=(group, port),
+                                             transport=kind, local_addr=(group, port),
                                              groups=[group], engine=cfg)
         opened.append(tr)
-    tr, _ = await _engine.open_endpoint(transport, handler.request_protocol,
+    tr, _ = await _engine.open_endpoint(kind, handler.request_protocol,
                                         local_addr=(ENGINE_IP, REQUEST_PORT),
                                         remote_addr=request_addr, engine=cfg)
     return [*opened, tr]
