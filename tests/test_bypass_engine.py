@@ -443,10 +443,11 @@ def test_fifty_starts_and_stops_leak_nothing(hosts, kind):
     assert _rss_kib() - rss < 16 * 1024, "RSS grew by more than 16 MiB over 50 cycles"
 
 
-def test_a_program_left_by_a_killed_process_is_cleared(hosts):
+@pytest.mark.parametrize("kind", ["af_xdp", "dpdk"])
+def test_a_program_left_by_a_killed_process_is_cleared(hosts, kind):
     code = ("import sys, time; sys.path.insert(0, 'tests');"
             "from aiolowlat.transports._engine import Engine, EngineConfig;"
-            f"e = Engine('af_xdp', EngineConfig(interface={hosts.dev_a!r}, netns={hosts.a!r}),"
+            f"e = Engine({kind!r}, EngineConfig(interface={hosts.dev_a!r}, netns={hosts.a!r}),"
             f" {ENGINE_IP!r}); print('up', flush=True); time.sleep(30)")
     with subprocess.Popen(["python", "-c", code], stdout=subprocess.PIPE, text=True,
                           executable=sys.executable) as child:
@@ -455,9 +456,10 @@ def test_a_program_left_by_a_killed_process_is_cleared(hosts):
         finally:
             child.kill()
     assert xdp_attached(hosts)  # SIGKILL: nobody detached it
-    engine = Engine("af_xdp", config(hosts), ENGINE_IP)
+    engine = Engine(kind, config(hosts), ENGINE_IP)
     try:
         assert engine.stats()["stale_xdp_cleared"] == 1
+        assert engine.stats()["xdp_mode"] == 2  # dpdk: on net_af_xdp, not its fallback
     finally:
         engine.stop()
     assert not xdp_attached(hosts)
