@@ -394,17 +394,20 @@ static int open_default_port(struct bp_engine *e, struct dpdk_drv *d, int ifinde
          * released it (EBUSY): retry for a while, as the af_xdp engine does. */
         snprintf(spec, sizeof spec, "net_af_xdp,iface=%s%s", e->cfg.ifname,
                  e->cfg.busy_poll ? "" : ",busy_budget=0");  /* no recvfrom per empty poll */
-        if (!getenv("AIOLOWLAT_XDP_DEBUG"))  /* its failed attempts log at ERR level */
+        int quiet = !getenv("AIOLOWLAT_XDP_DEBUG");  /* its failed tries log at ERR level */
+        if (quiet)
             rte_log_set_level_pattern("pmd.net.af_xdp*", RTE_LOG_CRIT);
         struct timespec pause = {0, 10 * 1000 * 1000};
-        for (int waited = 0;; waited += 10) {
-            if (!open_port(e, d, spec))
-                return 0;
-            if (waited >= AF_XDP_RETRY_MS)
-                break;
+        int rc;
+        for (int waited = 0; (rc = open_port(e, d, spec)) && waited < AF_XDP_RETRY_MS;
+             waited += 10) {
             e->st.start_retries++;
             nanosleep(&pause, NULL);
         }
+        if (quiet)
+            rte_log_set_level_pattern("pmd.net.af_xdp*", (uint32_t)rte_log_get_global_level());
+        if (!rc)
+            return 0;
         snprintf(why, sizeof why, "%s", e->error);
     }
     snprintf(spec, sizeof spec, "net_af_packet,iface=%s,framecnt=4096", e->cfg.ifname);
@@ -455,6 +458,8 @@ static int dpdk_setup(struct bp_engine *e)
         libbpf_set_print(quiet_bpf);
     }
     int ifindex = (int)if_nametoindex(e->cfg.ifname);
+    if (ifindex && strncmp(e->cfg.vdev, "net_af_xdp", 10) == 0)
+        clear_stale_program(e, ifindex);
     if (e->cfg.vdev[0] ? open_port(e, d, e->cfg.vdev) : open_default_port(e, d, ifindex))
         goto fail;
     char name[BPF_OBJ_NAME_LEN];
