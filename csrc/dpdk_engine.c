@@ -484,9 +484,25 @@ fail:
     return -1;
 }
 
+/* A thread that polls but did not initialise the EAL (the loop's thread inline; a later
+ * engine's thread) has no lcore, so no mempool cache: every mbuf taken or given back
+ * went through the pool's shared ring. Registered once, it gets one: the bypass_rtt
+ * ping-pong p50 was lower in each of 6 interleaved runs (by 0.3-1.6 us of ~11). An
+ * engine thread gives its lcore back at teardown. */
+static __thread int lcore_tried, lcore_registered;
+
+static void register_lcore(void)
+{
+    lcore_tried = 1;
+    if (rte_lcore_id() == LCORE_ID_ANY)
+        lcore_registered = rte_thread_register() == 0;
+}
+
 static int dpdk_poll(struct bp_engine *e)
 {
     struct dpdk_drv *d = e->drv;
+    if (!lcore_tried)
+        register_lcore();
     struct rte_mbuf *bufs[BP_BURST];
     uint16_t n = rte_eth_rx_burst(d->port, 0, bufs, BP_BURST);
     if (n) {
@@ -549,6 +565,9 @@ static void dpdk_teardown(struct bp_engine *e)
     if (!d)
         return;
     close_port(d);
+    if (lcore_registered)  /* the engine thread that polled, about to exit */
+        rte_thread_unregister();
+    lcore_tried = lcore_registered = 0;
     free(d);
     e->drv = NULL;
 }
