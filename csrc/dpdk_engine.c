@@ -213,13 +213,13 @@ static void find_kernel_sockets(struct dpdk_drv *d, const uint8_t *before)
  *
  * net_af_xdp is the default: an XSK in copy mode, as our af_xdp engine's, with the mbuf
  * pool as its umem (see create_pool). In benchmarks/bypass_rtt.py --quick on veth it
- * answers as fast as our af_xdp engine (p50 0.9-1.35x of it in the same run; medians of 3
- * rounds 1.44-1.56x the C floor against af_xdp's 1.38-1.54x, with other sessions loading
- * both cores), and faster than net_af_packet (1.43-1.97x): net_af_packet's TX ring makes
- * the kernel build each frame as a zero-copy page-fragment skb (tpacket_snd), which a veth
- * copies into a fresh page when it crosses into the peer namespace (skb_copy_ubufs); perf
- * put its sendto at about 4 us per round trip against 1.5 us for an XSK.
- * net_af_packet stays the fallback, for an interface that takes no XDP program (another
+ * answers about as fast as our af_xdp engine and faster than net_af_packet: p50 medians
+ * of 3 rounds 1.13-1.34x the C floor (af_xdp 1.09-1.38x, net_af_packet 1.25-1.68x),
+ * single rounds 1.01-1.65x (1.04-1.78x, 1.36-1.65x), other sessions loading both cores.
+ * net_af_packet's TX ring makes the kernel build each frame as a zero-copy page-fragment
+ * skb (tpacket_snd), which a veth copies into a fresh page when it crosses into the peer
+ * namespace (skb_copy_ubufs); perf put its sendto at about 4 us per round trip against
+ * 1.5 us for an XSK. net_af_packet stays the fallback, for an interface that takes no XDP program (another
  * program is on it, no CAP_BPF): any failure to bring net_af_xdp up falls back to it,
  * and stats' xdp_mode says which runs (0: net_af_packet). net_af_xdp's earlier stall on
  * veth after ~160 frames was our pool, not the PMD (see create_pool), and its close
