@@ -219,11 +219,11 @@ static void find_kernel_sockets(struct dpdk_drv *d, const uint8_t *before)
  * net_af_packet's TX ring makes the kernel build each frame as a zero-copy page-fragment
  * skb (tpacket_snd), which a veth copies into a fresh page when it crosses into the peer
  * namespace (skb_copy_ubufs); perf put its sendto at about 4 us per round trip against
- * 1.5 us for an XSK. net_af_packet stays the fallback, for an interface that takes no XDP program (another
- * program is on it, no CAP_BPF): any failure to bring net_af_xdp up falls back to it,
- * and stats' xdp_mode says which runs (0: net_af_packet). net_af_xdp's earlier stall on
- * veth after ~160 frames was our pool, not the PMD (see create_pool), and its close
- * leaks what close_leftovers closes. */
+ * 1.5 us for an XSK. net_af_packet stays the fallback, for an interface that takes no
+ * XDP program (another program is on it, no CAP_BPF): any failure to bring net_af_xdp up
+ * falls back to it, and stats' xdp_mode says which runs (0: net_af_packet). net_af_xdp's
+ * earlier stall on veth after ~160 frames was our pool, not the PMD (see create_pool),
+ * and its close leaks what close_leftovers closes. */
 static int probe_port(struct bp_engine *e, struct dpdk_drv *d, const char *spec)
 {
     char vdev[sizeof e->cfg.vdev];
