@@ -127,16 +127,18 @@ static void open_fds(uint8_t *set)
 }
 
 /* What fd refers to, unique while it is open: "socket:[inode]" or "anon_inode:bpf-map
- * map_id 12" (BPF objects share one anonymous inode); "" for anything else. */
+ * id 12" (BPF objects share one anonymous inode: their id tells them apart); "" for
+ * anything else. */
 static void fd_identity(int fd, char *id)
 {
     char path[64], line[128];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(path, id, FD_ID_LEN - 24);
     id[n > 0 ? n : 0] = 0;
-    if (strncmp(id, "socket:", 7) == 0 || strncmp(id, "anon_inode:bpf-", 15) != 0) {
-        if (strncmp(id, "socket:", 7) != 0)
-            id[0] = 0;
+    if (strncmp(id, "socket:", 7) == 0)
+        return;
+    if (strncmp(id, "anon_inode:bpf-", 15) != 0) {
+        id[0] = 0;
         return;
     }
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
@@ -183,11 +185,11 @@ static void close_leftovers(struct dpdk_drv *d)
     d->prog_id = 0;
 }
 
-/* The kernel sockets the probe opened (new descriptors of this process), for the drops
- * the PMDs of DPDK 22.11 do not report: net_af_packet never reads its sockets'
- * PACKET_STATISTICS, and net_af_xdp's imissed leaves out the frames its XSK's RX ring
- * had no room for (XDP_STATISTICS rx_ring_full). */
-static void find_kernel_sockets(struct dpdk_drv *d, const uint8_t *before)
+/* The sockets and BPF objects the port opened (new descriptors of this process): all
+ * for close_leftovers, and the kernel sockets for the drops the PMDs of DPDK 22.11 do
+ * not report: net_af_packet never reads its sockets' PACKET_STATISTICS, and net_af_xdp's
+ * imissed leaves out the frames its XSK's RX ring had no room for (rx_ring_full). */
+static void note_port_fds(struct dpdk_drv *d, const uint8_t *before)
 {
     uint8_t after[FD_SCAN / 8];
     open_fds(after);
@@ -340,7 +342,7 @@ static int open_port(struct bp_engine *e, struct dpdk_drv *d, const char *spec)
     int rc = probe_port(e, d, spec);
     if (!rc)
         rc = start_port(e, d);  /* net_af_xdp creates its XSK here, in the RX queue set-up */
-    find_kernel_sockets(d, before);  /* failed or not: close_port then checks them */
+    note_port_fds(d, before);  /* failed or not: close_port then checks them */
     pthread_mutex_unlock(&port_lock);
     if (rc)
         close_port(d);
@@ -573,7 +575,7 @@ static void dpdk_teardown(struct bp_engine *e)
 }
 
 /* What was lost on receive before the engine saw it: the PMD's counters and the kernel
- * sockets' (see find_kernel_sockets; reading them races benignly). */
+ * sockets' (see note_port_fds; reading them races benignly). */
 static void dpdk_stats(struct bp_engine *e, struct bp_stats *out)
 {
     struct dpdk_drv *d = e->drv;
