@@ -554,11 +554,20 @@ static int dpdk_poll(struct bp_engine *e)
 
 static void dpdk_wait(struct bp_engine *e, int timeout_us)
 {
-    /* A virtual PMD has no RX descriptor to sleep on: wake for TX or after a short nap. */
-    struct pollfd pfd = {.fd = e->tx_efd, .events = POLLIN};
-    int us = timeout_us < 20 ? timeout_us : 20;
+    /* Sleep until a frame or a datagram to send comes: net_af_xdp's XSK says when its RX
+     * ring has a frame, as the af_xdp engine's does. net_af_packet's sockets are watched
+     * too, with a short nap as the bound: whether their poll() tracks the ring the PMD
+     * reads is theirs to say (and other vdevs have nothing to sleep on). */
+    struct dpdk_drv *d = e->drv;
+    struct pollfd fds[MAX_PACKET_FDS + 2] = {{.fd = e->tx_efd, .events = POLLIN}};
+    nfds_t n = 1;
+    if (d->xsk_fd >= 0)
+        fds[n++] = (struct pollfd){.fd = d->xsk_fd, .events = POLLIN};
+    for (int i = 0; i < d->npacket_fds; i++)
+        fds[n++] = (struct pollfd){.fd = d->packet_fds[i], .events = POLLIN};
+    int us = d->xsk_fd >= 0 || timeout_us < 20 ? timeout_us : 20;
     struct timespec ts = {0, (long)us * 1000};
-    ppoll(&pfd, 1, &ts, NULL);
+    ppoll(fds, n, &ts, NULL);
 }
 
 static void dpdk_teardown(struct bp_engine *e)
