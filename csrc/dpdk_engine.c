@@ -215,9 +215,10 @@ static void note_port_fds(struct dpdk_drv *d, const uint8_t *before)
  *
  * net_af_xdp is the default: an XSK in copy mode, as our af_xdp engine's, with the mbuf
  * pool as its umem (see create_pool). In benchmarks/bypass_rtt.py --quick on veth it
- * answers about as fast as our af_xdp engine and faster than net_af_packet: p50 medians
- * of 3 rounds 1.13-1.34x the C floor (af_xdp 1.09-1.38x, net_af_packet 1.25-1.68x),
- * single rounds 1.01-1.65x (1.04-1.78x, 1.36-1.65x), other sessions loading both cores.
+ * answers about as fast as our af_xdp engine and mostly faster than net_af_packet: p50
+ * medians of 3 rounds 1.13-1.49x the C floor (af_xdp 1.09-1.48x, net_af_packet
+ * 1.24-1.68x), single rounds 1.01-1.82x (0.94-1.78x, 1.28-2.01x), other sessions
+ * loading both cores.
  * net_af_packet's TX ring makes the kernel build each frame as a zero-copy page-fragment
  * skb (tpacket_snd), which a veth copies into a fresh page when it crosses into the peer
  * namespace (skb_copy_ubufs); perf put its sendto at about 4 us per round trip against
