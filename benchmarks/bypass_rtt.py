@@ -2,11 +2,12 @@
 
 The echo side (namespace a, core 1) is, in turn: a busy-polling C echo on a kernel
 socket (the floor), and an asyncio DatagramProtocol on the kernel, uring, af_xdp and
-dpdk transports. The client (namespace b, core 0) is always the same busy-polling C
-program (csrc/bypass_pingpong.c), so every case is measured by one clock and one
-client. Busy-poll cases run the aiolowlat loop with busy_poll=True; the engines then run
-inline on the loop's core (threaded=False: two cores here, one for each side); the
-"-eventfd" cases use an engine thread that sleeps when idle and wakes the loop by eventfd.
+dpdk transports (dpdk on its default vdev, net_af_xdp here, and on net_af_packet). The
+client (namespace b, core 0) is always the same busy-polling C program
+(csrc/bypass_pingpong.c), so every case is measured by one clock and one client.
+Busy-poll cases run the aiolowlat loop with busy_poll=True; the engines then run inline
+on the loop's core (threaded=False: two cores here, one for each side); the "-eventfd"
+cases use an engine thread that sleeps when idle and wakes the loop by eventfd.
 A flood case sends 64-byte datagrams as fast as the client can and counts what arrives.
 
     python benchmarks/bypass_rtt.py --quick        # under 60 s (root: namespaces, XDP)
@@ -37,10 +38,15 @@ CASES = {
     "uring": ("uring", "aiolowlat-busy", "192.0.2.1"),
     "af_xdp": ("af_xdp", "aiolowlat-busy", ENGINE_IP),
     "dpdk": ("dpdk", "aiolowlat-busy", ENGINE_IP),
+    "dpdk-af_packet": ("dpdk", "aiolowlat-busy", ENGINE_IP),
     "kernel-sleep": ("kernel", "aiolowlat", "192.0.2.1"),
     "af_xdp-eventfd": ("af_xdp", "aiolowlat", ENGINE_IP),
     "dpdk-eventfd": ("dpdk", "aiolowlat", ENGINE_IP),
 }
+
+# DPDK cases that name their virtual device; plain "dpdk" takes the engine's default
+# (net_af_xdp on an interface that takes XDP, as a veth does)
+VDEVS = {"af_packet": "net_af_packet,iface={iface},framecnt=4096"}
 
 
 def build_client() -> str:
@@ -83,8 +89,10 @@ async def serve(case: str, iface: str, seconds: float):
     busy = loop_kind == "aiolowlat-busy"
     options = {}
     if impl in ("af_xdp", "dpdk"):
+        vdev = VDEVS.get(case.partition("-")[2], "").format(iface=iface)
         options["engine"] = EngineConfig(interface=iface, poll=busy, threaded=not busy,
-                                         busy_poll=False, core=SERVER_CORE if busy else None)
+                                         busy_poll=False, core=SERVER_CORE if busy else None,
+                                         vdev=vdev)
     transport, echo = await open_datagram_endpoint(Echo, transport=impl, local_addr=(host, PORT),
                                                    **options)
     print("ready", flush=True)
@@ -248,6 +256,9 @@ def main(argv=None) -> int:
                      if floor and row["rtt_p50_us"] else "-")
             name = row["case"].split("/")[1]
             fl = next((r for r in rows if r["case"] == f"udp_flood_64/{name}"), None)
+            if row["rtt_p50_us"] is None:  # no round trip answered: said above, on stderr
+                print(f"{name + ' (' + row['loop'] + ')':<32}{'-':>9}")
+                continue
             print(f"{name + ' (' + row['loop'] + ')':<32}{row['rtt_p50_us']:>9.1f}"
                   f"{row['rtt_p99_us']:>9.1f}{row['round_trips_per_s']:>10.0f}{ratio:>10}"
                   + (f"{fl['msgs_per_s']:>13.0f}{fl['received']:>7}/{fl['sent']:<5}" if fl else ""))

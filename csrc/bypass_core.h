@@ -56,12 +56,14 @@ struct bp_stats {
     uint64_t polls, wakeups;
     uint64_t drops[13];    /* by enum pkt_drop */
     int64_t stale_xdp_cleared;
-    int64_t xdp_mode;      /* the mode attached: BP_XDP_SKB or BP_XDP_NATIVE */
+    int64_t xdp_mode;      /* the mode attached: BP_XDP_SKB or BP_XDP_NATIVE (dpdk: of
+                              net_af_xdp; 0 on net_af_packet or another vdev) */
     int64_t busy_poll_sockopt;  /* SO_PREFER_BUSY_POLL accepted */
     int64_t start_retries;      /* EBUSY retries while creating the XSK */
     uint64_t nic_rx_dropped;    /* lost before the engine saw them: the XSK's RX ring full
                                    or no fill frame (XDP_STATISTICS), DPDK's imissed + ierrors
-                                   + rx_nombuf (what the PMD reports) */
+                                   + rx_nombuf and what its PMD leaves out (net_af_xdp's XSK
+                                   RX ring full, net_af_packet's PACKET_STATISTICS drops) */
 };
 
 /* One endpoint's share: what its ring received, lost to overflow or to its size. */

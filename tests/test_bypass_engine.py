@@ -8,10 +8,12 @@ b is an ordinary kernel socket. The peer's veth computes UDP checksums in softwa
 
 import asyncio
 import concurrent.futures
+import ctypes
 import errno
 import gc
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -42,7 +44,8 @@ from aiolowlat.transports import (
 from aiolowlat.transports._engine import Engine
 
 ENGINE_IP, PORT, GROUP = "192.0.2.10", 30001, "239.7.7.7"
-KINDS = ("af_xdp", "dpdk")
+# dpdk: the engine's default vdev, net_af_xdp on this veth; dpdk-af_packet: its fallback
+KINDS = ("af_xdp", "dpdk", "dpdk-af_packet")
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,14 @@ def dpdk_eal(hosts):
     Engine("dpdk", config(hosts), ENGINE_IP).stop()
 
 
-def config(hosts, **options):
+def config(hosts, kind="", **options):
+    if kind == "dpdk-af_packet":
+        options["vdev"] = f"net_af_packet,iface={hosts.dev_a},framecnt=4096"
     return EngineConfig(interface=hosts.dev_a, netns=hosts.a, **options)
+
+
+def transport_of(kind):
+    return kind.split("-")[0]
 
 
 def forget_engine(hosts):
@@ -111,10 +120,11 @@ async def open_peer(hosts, want):
     return await open_datagram_endpoint(lambda: Collect(want), transport="kernel", sock=sock)
 
 
-async def echo_round(hosts, kind, protocol, count=20, **options):
+async def echo_round(hosts, kind, protocol, count=20, expect_xdp_mode=None, **options):
     forget_engine(hosts)
-    tr, _ = await open_datagram_endpoint(protocol, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                         engine=config(hosts, **options))
+    tr, _ = await open_datagram_endpoint(protocol, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT),
+                                         engine=config(hosts, kind, **options))
     peer_tr, peer = await open_peer(hosts, count)
     try:
         for i in range(count):
@@ -131,6 +141,10 @@ async def echo_round(hosts, kind, protocol, count=20, **options):
     assert f"lladdr {mac}" in peer_neighbour(hosts)  # the peer learned us from our ARP reply
     assert stats["arp_replies"] >= 1 and stats["rx_udp"] == count
     assert stats["tx_frames"] == count and stats["rx_ring_full"] == 0
+    # XDP native on veth for the af_xdp engine and dpdk's default vdev, net_af_xdp
+    if expect_xdp_mode is None:
+        expect_xdp_mode = 0 if kind == "dpdk-af_packet" else 2
+    assert stats["xdp_mode"] == expect_xdp_mode
     return stats
 
 
@@ -166,9 +180,9 @@ def test_polling_modes(hosts, kind, options):
 def test_the_engine_resolves_a_destination_by_arp(loop, hosts, kind):
     async def main():
         ip("-n", hosts.b, "neigh", "flush", "dev", hosts.dev_b)
-        tr, _ = await open_datagram_endpoint(asyncio.DatagramProtocol, transport=kind,
+        tr, _ = await open_datagram_endpoint(asyncio.DatagramProtocol, transport=transport_of(kind),
                                              local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+                                             engine=config(hosts, kind))
         peer_tr, peer = await open_peer(hosts, 3)
         try:
             for i in range(3):  # the first ones wait in the engine for the ARP reply
@@ -193,8 +207,9 @@ def test_static_arp_entries_are_used_without_asking(loop, hosts, kind):
                              capture_output=True, text=True, timeout=10).stdout
         peer_mac = out.split("link/ether ")[1].split()[0]
         tr, _ = await open_datagram_endpoint(
-            asyncio.DatagramProtocol, transport=kind, local_addr=(ENGINE_IP, PORT),
-            engine=config(hosts, static_arp={hosts.addr_b: peer_mac}))
+            asyncio.DatagramProtocol, transport=transport_of(kind),
+            local_addr=(ENGINE_IP, PORT),
+            engine=config(hosts, kind, static_arp={hosts.addr_b: peer_mac}))
         peer_tr, peer = await open_peer(hosts, 1)
         try:
             tr.sendto(b"known", peer_tr.get_extra_info("sockname"))
@@ -218,8 +233,9 @@ def test_malformed_and_foreign_frames_are_counted_and_dropped(loop, hosts, kind)
             def datagram_received(self, data, addr):
                 received.append(data)
 
-        tr, _ = await open_datagram_endpoint(Record, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Record, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         mac = bytes.fromhex(tr.get_extra_info("mac").replace(":", ""))
         base = dict(dst_mac=mac, src=hosts.addr_b, dst=ENGINE_IP, dport=PORT)
         bad = {
@@ -254,7 +270,7 @@ def test_malformed_and_foreign_frames_are_counted_and_dropped(loop, hosts, kind)
             grew = after[reason] - before[reason]
             if reason == "mac":  # the peer's kernel may send its own frames meanwhile
                 assert grew >= 1
-            elif reason == "fragment" and kind == "dpdk":
+            elif reason == "fragment" and kind == "dpdk-af_packet":
                 # net_af_packet's socket uses PACKET_FANOUT_FLAG_DEFRAG: the kernel holds
                 # fragments for reassembly, and these never complete, so none reach us.
                 assert grew == 0
@@ -269,20 +285,22 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
     """Two endpoints on one engine and queue: each gets its own port's datagrams and
     answers from it; another port is a counted drop; the engine stops with the last."""
     async def main():
-        cfg = config(hosts)
-        first, _ = await open_datagram_endpoint(Echo, transport=kind,
+        cfg = config(hosts, kind)
+        first, _ = await open_datagram_endpoint(Echo, transport=transport_of(kind),
                                                 local_addr=(ENGINE_IP, PORT), engine=cfg)
-        second, _ = await open_datagram_endpoint(BatchEcho, transport=kind,
+        second, _ = await open_datagram_endpoint(BatchEcho, transport=transport_of(kind),
                                                  local_addr=(ENGINE_IP, PORT + 1), engine=cfg)
         engine = first.get_extra_info("engine")
         assert second.get_extra_info("engine") is engine
         with pytest.raises(OSError) as taken:
-            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT),
+            await open_datagram_endpoint(Echo, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT),
                                          engine=cfg)
         assert taken.value.errno == errno.EADDRINUSE
         with pytest.raises(ValueError, match="other options"):
-            await open_datagram_endpoint(Echo, transport=kind, local_addr=(ENGINE_IP, PORT + 2),
-                                         engine=config(hosts, ring_slots=1024))
+            await open_datagram_endpoint(Echo, transport=transport_of(kind),
+                                         local_addr=(ENGINE_IP, PORT + 2),
+                                         engine=config(hosts, kind, ring_slots=1024))
         peer_tr, peer = await open_peer(hosts, 4)
         try:
             port_drops = engine.stats()["drops"]["port"]
@@ -296,7 +314,7 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
             assert second.stats()["endpoint"]["rx_udp"] == 2
             first.close()
             await asyncio.sleep(0.01)
-            assert engine.running and (kind != "af_xdp" or xdp_attached(hosts))
+            assert engine.running and (kind == "dpdk-af_packet" or xdp_attached(hosts))
             peer.want, peer.done = 5, asyncio.Event()
             peer_tr.sendto(b"still", (ENGINE_IP, PORT + 1))
             await asyncio.wait_for(peer.done.wait(), 5)
@@ -316,7 +334,7 @@ def test_endpoints_share_one_engine_routed_by_port(loop, hosts, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_engines_endpoint_and_group_limits_are_errors(hosts, kind):
-    engine = Engine(kind, config(hosts), ENGINE_IP)
+    engine = Engine(transport_of(kind), config(hosts, kind), ENGINE_IP)
     try:
         with pytest.raises(ValueError, match="not an IPv4 multicast group"):
             engine.open(ENGINE_IP, PORT, ["192.0.2.99"])
@@ -342,8 +360,9 @@ def test_stopping_the_engine_closes_its_endpoints(loop, hosts, kind):
             def connection_lost(self, exc):
                 lost.set()
 
-        tr, _ = await open_datagram_endpoint(Watch, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Watch, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         tr.get_extra_info("engine").stop()
         assert tr.is_closing()
         tr.sendto(b"after stop", (hosts.addr_b, 9))  # dropped, no crash
@@ -375,8 +394,8 @@ def test_what_the_nic_queue_drops_before_the_engine_is_counted(loop, hosts, kind
                 got.extend(batch)
 
         tr, _ = await open_datagram_endpoint(
-            Count, transport=kind, local_addr=(ENGINE_IP, PORT),
-            engine=config(hosts, poll=True, threaded=False, ring_slots=8192))
+            Count, transport=transport_of(kind), local_addr=(ENGINE_IP, PORT),
+            engine=config(hosts, kind, poll=True, threaded=False, ring_slots=8192))
         _blast(hosts, 1)  # ARP first, while the loop polls
         for _ in range(300):  # bounded
             if got:
@@ -404,12 +423,12 @@ def _rss_kib():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fifty_starts_and_stops_leak_nothing(hosts, kind):
-    cfg = config(hosts, ring_slots=1024)
+    cfg = config(hosts, kind, ring_slots=1024)
 
     def cycle(n):
         for _ in range(n):
-            engine = Engine(kind, cfg, ENGINE_IP)
-            assert kind != "af_xdp" or xdp_attached(hosts)
+            engine = Engine(transport_of(kind), cfg, ENGINE_IP)
+            assert (kind == "dpdk-af_packet") != xdp_attached(hosts)
             engine.close_endpoint(engine.open(ENGINE_IP, PORT))
             engine.open(GROUP, PORT + 1, [GROUP])  # stop frees what is still open
             engine.stop()
@@ -424,10 +443,11 @@ def test_fifty_starts_and_stops_leak_nothing(hosts, kind):
     assert _rss_kib() - rss < 16 * 1024, "RSS grew by more than 16 MiB over 50 cycles"
 
 
-def test_a_program_left_by_a_killed_process_is_cleared(hosts):
+@pytest.mark.parametrize("kind", ["af_xdp", "dpdk"])
+def test_a_program_left_by_a_killed_process_is_cleared(hosts, kind):
     code = ("import sys, time; sys.path.insert(0, 'tests');"
             "from aiolowlat.transports._engine import Engine, EngineConfig;"
-            f"e = Engine('af_xdp', EngineConfig(interface={hosts.dev_a!r}, netns={hosts.a!r}),"
+            f"e = Engine({kind!r}, EngineConfig(interface={hosts.dev_a!r}, netns={hosts.a!r}),"
             f" {ENGINE_IP!r}); print('up', flush=True); time.sleep(30)")
     with subprocess.Popen(["python", "-c", code], stdout=subprocess.PIPE, text=True,
                           executable=sys.executable) as child:
@@ -436,11 +456,52 @@ def test_a_program_left_by_a_killed_process_is_cleared(hosts):
         finally:
             child.kill()
     assert xdp_attached(hosts)  # SIGKILL: nobody detached it
-    engine = Engine("af_xdp", config(hosts), ENGINE_IP)
+    engine = Engine(kind, config(hosts), ENGINE_IP)
     try:
         assert engine.stats()["stale_xdp_cleared"] == 1
+        assert engine.stats()["xdp_mode"] == 2  # dpdk: on net_af_xdp, not its fallback
     finally:
         engine.stop()
+    assert not xdp_attached(hosts)
+
+
+_SYS_BPF, _BPF_PROG_LOAD, _BPF_LINK_CREATE, _BPF_PROG_TYPE_XDP, _BPF_XDP = 321, 5, 28, 6, 37
+
+
+def _bpf(cmd, attr: bytes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(_SYS_BPF, cmd, buf, 128)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"bpf({cmd})")
+    return fd
+
+
+def attach_foreign_xdp(ifname) -> int:
+    """Someone else's XDP program on ifname (r0 = XDP_PASS; exit, named al_foreign),
+    attached by a BPF link in this thread's namespace: the link's fd; closing detaches."""
+    code = struct.pack("<BBhiBBhi", 0xB7, 0, 0, 2, 0x95, 0, 0, 0)  # mov r0, 2; exit
+    insns, license_ = ctypes.create_string_buffer(code), ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII16s", _BPF_PROG_TYPE_XDP, 2, ctypes.addressof(insns),
+                       ctypes.addressof(license_), 0, 0, 0, 0, 0, b"al_foreign")
+    prog = _bpf(_BPF_PROG_LOAD, attr)
+    try:
+        return _bpf(_BPF_LINK_CREATE, struct.pack("<IIII", prog, socket.if_nametoindex(ifname),
+                                                  _BPF_XDP, 0))
+    finally:
+        os.close(prog)  # the link holds the program
+
+
+def test_dpdk_falls_back_to_af_packet_where_xdp_is_taken(loop, hosts):
+    """Another XDP program on the interface: the dpdk engine's default vdev, net_af_xdp,
+    cannot attach, so it runs on net_af_packet (xdp_mode 0) and leaves that program be."""
+    link = in_netns(hosts.a, attach_foreign_xdp, hosts.dev_a)
+    try:
+        stats = run(loop, echo_round(hosts, "dpdk-default", Echo, expect_xdp_mode=0))
+        assert stats["stale_xdp_cleared"] == 0 and stats["start_retries"] == 0
+        assert xdp_attached(hosts)  # still the foreign program
+    finally:
+        os.close(link)
     assert not xdp_attached(hosts)
 
 
@@ -466,7 +527,7 @@ def test_missing_pieces_are_named():
 # -- the ITCH feed handler over each transport: the same books --
 
 FEED_CASES = [("aiolowlat", "kernel"), ("aiolowlat", "af_xdp"), ("aiolowlat", "dpdk"),
-              ("asyncio", "af_xdp"), ("uvloop", "dpdk")]
+              ("aiolowlat", "dpdk-af_packet"), ("asyncio", "af_xdp"), ("uvloop", "dpdk")]
 LINES = {"A": ("239.7.7.1", 30011), "B": ("239.7.7.2", 30012)}
 REQUEST_PORT = 30013  # the handler's request endpoint (on the engine: ENGINE_IP)
 
@@ -496,14 +557,14 @@ async def open_feed_endpoints(hosts, transport, handler, request_addr):
         tr, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             handler.request_protocol, sock=sock)
         return [*opened, tr]
-    cfg = config(hosts, local_ip=ENGINE_IP)
+    cfg, kind = config(hosts, transport, local_ip=ENGINE_IP), transport_of(transport)
     opened = []
     for line, (group, port) in LINES.items():
         tr, _ = await open_datagram_endpoint(lambda line=line: handler.protocol(line),
-                                             transport=transport, local_addr=(group, port),
+                                             transport=kind, local_addr=(group, port),
                                              groups=[group], engine=cfg)
         opened.append(tr)
-    tr, _ = await _engine.open_endpoint(transport, handler.request_protocol,
+    tr, _ = await _engine.open_endpoint(kind, handler.request_protocol,
                                         local_addr=(ENGINE_IP, REQUEST_PORT),
                                         remote_addr=request_addr, engine=cfg)
     return [*opened, tr]
@@ -586,8 +647,9 @@ def test_an_oversized_datagram_is_an_error_not_a_crash(loop, hosts, kind):
             def error_received(self, exc):
                 errors.append(exc)
 
-        tr, _ = await open_datagram_endpoint(Errors, transport=kind, local_addr=(ENGINE_IP, PORT),
-                                             engine=config(hosts))
+        tr, _ = await open_datagram_endpoint(Errors, transport=transport_of(kind),
+                                             local_addr=(ENGINE_IP, PORT),
+                                             engine=config(hosts, kind))
         tr.sendto(bytes(tr.get_extra_info("engine").max_payload + 1), (hosts.addr_b, 9))
         with pytest.raises(ValueError, match="no remote_addr"):
             tr.sendto(b"where to?")

@@ -45,7 +45,8 @@ class EngineConfig:
     sleeps in poll() when idle). poll: the loop drains the ring on every iteration
     instead of waiting for the eventfd. threaded=False: no engine thread, the loop
     runs the engine itself (needs poll=True). eal_args/vdev: DPDK only; the EAL is
-    initialised once per process, with the first engine's eal_args. Endpoints on the
+    initialised once per process, with the first engine's eal_args; vdev "" is
+    net_af_xdp on the interface, else net_af_packet (see transports/dpdk.py). Endpoints on the
     same (interface, netns, queue) share one engine, so they must agree on these options.
     """
 
