@@ -344,6 +344,20 @@ int64_t al_dgram_send(al_loop *l, al_conn *c, const char *buf, size_t len, const
         return -EPIPE;
     if (addrlen > sizeof(struct sockaddr_storage))
         return -EINVAL;
+    if (l->last_events <= 1 && !c->dsends) {
+        /* A quiet loop with nothing in flight: sendto(2) at once, as al_conn_send does
+         * (cheaper than a ring send and its completion). An error is the caller's now, as
+         * asyncio's sendto() hands it to error_received; a full buffer takes the ring. */
+        ssize_t n = sendto(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL,
+                           (const struct sockaddr *)addr, addrlen);
+        if (n == (ssize_t)len) {
+            l->stats[ST_DIRECT_SENDS]++;
+            return (int64_t)c->dpending;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS &&
+            errno != EINTR)
+            return -errno;
+    }
     struct dsend *d = malloc(sizeof *d + len);
     if (!d)
         return -ENOMEM;

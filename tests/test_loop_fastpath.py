@@ -221,3 +221,41 @@ def test_quiet_writes_go_out_by_send_and_the_rest_by_the_ring_in_order(loop):
     assert quiet["direct_sends"] == before["direct_sends"] + 1
     assert quiet["sends"] == before["sends"]  # no io_uring send for it
     assert after["sends"] > quiet["sends"]  # the 8 MiB write's remainder went by the ring
+
+
+@pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
+def test_quiet_sendto_goes_out_by_sendto_and_errors_reach_error_received(loop):
+    """A quiet loop's sendto() calls sendto(2) at once; its error goes to error_received
+    as asyncio's does (here: a refused port, reported by the next send)."""
+    class Peer(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got, self.errors = loop.create_future(), []
+
+        def datagram_received(self, data, addr):
+            if not self.got.done():
+                self.got.set_result(data)
+
+        def error_received(self, exc):
+            self.errors.append(exc)
+
+    async def main():
+        rx, rx_proto = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+        tx, tx_proto = await loop.create_datagram_endpoint(
+            Peer, remote_addr=rx.get_extra_info("sockname"))
+        before = loop.ring_stats()
+        tx.sendto(b"hello")
+        assert await asyncio.wait_for(rx_proto.got, 5) == b"hello"
+        quiet = loop.ring_stats()
+        rx.close()  # the port is gone: ICMP refuses the next datagram, the one after reports it
+        for _ in range(50):
+            tx.sendto(b"again")
+            await asyncio.sleep(0.01)
+            if tx_proto.errors:
+                break
+        tx.close()
+        return before, quiet, tx_proto.errors
+
+    before, quiet, errors = run(loop, main())
+    assert quiet["direct_sends"] == before["direct_sends"] + 1
+    assert quiet["sends"] == before["sends"]
+    assert errors and isinstance(errors[0], ConnectionRefusedError)
