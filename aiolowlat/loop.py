@@ -46,7 +46,7 @@ def _tls_layer(loop, protocol, sslcontext, waiter, server_side, server_hostname,
                handshake_timeout, shutdown_timeout, call_connection_made=True):
     """(app transport, protocol for the socket transport) of a TLS connection. aiofastnet's
     layer when installed: asyncio's SSLProtocol is Python and cost 1.3-1.7x its round trip
-    (benchmarks/ws_feed.py, aiolowlat-loopssl); else asyncio's."""
+    (benchmarks/ws_feed.py, picows-std on asyncio's loop); else asyncio's."""
     if handshake_timeout is None:
         handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
     if shutdown_timeout is None:
@@ -72,6 +72,8 @@ def _oserror(res: int, what: str = "") -> OSError:
 
 class Loop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose I/O runs on io_uring."""
+
+    native_tls = _fast_tls is not None  # ssl= records handled in C (see _tls_layer)
 
     def __init__(self, *, busy_poll: bool = False, sqpoll: bool = False,
                  ring_entries: int = 4096, recv_buffers: int = 1024,

@@ -17,9 +17,10 @@ and picows's callback style for the lowest latency: subclass ``WSListener`` and
 message as a ``WSFrame`` (one object reused per connection; its payload is bytes, yours to
 keep), called from C for every message of a read after one C scan of the whole read.
 
-wss:// connections run on aiofastnet's C TLS transport (the caller's SSLContext, OpenSSL
-driven directly, as picows does); ``fastnet=False`` keeps the loop's own, ``fastnet=True``
-takes aiofastnet for ws:// too.
+On the aiolowlat loop connections use its own transports (io_uring; TLS records in C); on
+any other loop, aiofastnet's C socket and TLS transports, as picows does (the caller's
+SSLContext, OpenSSL driven directly). ``fastnet=False`` takes the loop's own transports
+anyway, ``fastnet=True`` aiofastnet's.
 """
 
 from __future__ import annotations
@@ -438,14 +439,14 @@ def _client_ssl(secure: bool, ssl):
     return ssl
 
 
-def _create_connection(loop, fastnet: bool | None, secure: bool):
-    """aiofastnet's create_connection (C socket transports, OpenSSL driven directly from the
-    caller's SSLContext, as picows uses by default) or the loop's own.
+def _create_connection(loop, fastnet: bool | None):
+    """aiofastnet's create_connection (C socket and TLS transports, OpenSSL driven directly
+    from the caller's SSLContext: what picows runs on) or the loop's own.
 
-    fastnet=None, the default, takes aiofastnet for wss:// only: asyncio's TLS transport,
-    which every loop but uvloop uses, is Python and cost 1.3-1.7x picows' round trip in
-    benchmarks/ws_feed.py, while for ws:// the loop's own transports are as fast or faster."""
-    if fastnet is False or (fastnet is None and not secure):
+    fastnet=None, the default, takes the aiolowlat loop's own transports (io_uring, TLS
+    records in C) and aiofastnet's on any other loop: asyncio's TLS transport is Python (1.3x
+    picows' round trip in benchmarks/ws_feed.py), uvloop's Cython (1.1x)."""
+    if fastnet is False or (fastnet is None and getattr(loop, "native_tls", False)):
         return loop.create_connection
     try:
         import aiofastnet
@@ -472,7 +473,7 @@ async def _open(listener_factory, url: str, *, ssl=None, server_hostname=None,
     proto = WSTransport(core, listener_factory, ping_interval=ping_interval,
                         ping_timeout=ping_timeout, close_timeout=close_timeout)  # fmt: skip
     async with asyncio.timeout(open_timeout):
-        create_connection = _create_connection(loop, fastnet, secure)
+        create_connection = _create_connection(loop, fastnet)
         await create_connection(lambda: proto, host, port, ssl=ssl_ctx, **conn_kwargs)
         try:
             await proto.handshake

@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ws_feed_server  # noqa: E402
 
 IMPLS = (
-    "aiolowlat", "aiolowlat-loopssl", "aiolowlat-fastnet", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std",
+    "aiolowlat", "aiolowlat-loop", "aiolowlat-fastnet", "aiolowlat-batch", "aiolowlat-recv", "picows", "picows-std",
     "aiohttp", "websockets",
 )  # fmt: skip
 LOOPS = ("asyncio", "uvloop", "aiolowlat")
@@ -262,13 +262,13 @@ async def picows_client(url, ssl_ctx, mode, s: Settings, **kw):
 CLIENTS = {
     "aiolowlat": aiolowlat_client,
     "aiolowlat-batch": functools.partial(aiolowlat_client, batch=True),
-    # wss:// on the loop's own TLS transport instead of aiofastnet's (the default)
-    "aiolowlat-loopssl": functools.partial(aiolowlat_client, fastnet=False),
-    # ws:// on aiofastnet's transports too, as picows runs by default
+    # on the loop's own transports (the default on the aiolowlat loop only)
+    "aiolowlat-loop": functools.partial(aiolowlat_client, fastnet=False),
+    # on aiofastnet's transports (the default on other loops), as picows runs by default
     "aiolowlat-fastnet": functools.partial(aiolowlat_client, fastnet=True),
     "aiolowlat-recv": aiolowlat_recv_client,
     "picows": picows_client,
-    # picows on the loop's own transports (and asyncio's ssl), as aiolowlat-loopssl runs
+    # picows on the loop's own transports, as aiolowlat-loop runs
     "picows-std": functools.partial(picows_client, use_aiofastnet=False),
     "aiohttp": aiohttp_client,
     "websockets": websockets_client,

@@ -553,9 +553,11 @@ def test_recv_queue_pauses_and_resumes_reading(loop):
 @pytest.mark.parametrize("fastnet", [None, True, False])
 @pytest.mark.parametrize("secure", [False, True])
 def test_transport_choice(loop, secure, fastnet, server_ssl, client_ssl):
-    """fastnet=None (default) takes aiofastnet's C TLS for wss:// and the loop's transports for
-    ws://; True takes aiofastnet for both, False the loop's: the same client on each."""
-    on_fastnet = fastnet or (fastnet is None and secure)
+    """fastnet=None (default) takes the aiolowlat loop's own transports (io_uring, TLS records
+    in C) and aiofastnet's on other loops; True takes aiofastnet's, False the loop's: the same
+    client on each."""
+    native = getattr(loop, "native_tls", False)
+    on_fastnet = fastnet or (fastnet is None and not native)
 
     async def main():
         server, port = await start(echo, ssl=server_ssl if secure else None)
