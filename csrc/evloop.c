@@ -1433,9 +1433,13 @@ static int poller_drain(EnginePoller *self)
     return moved;
 }
 
-static int poller_reschedule(EnginePoller *self)
+/* Run again next iteration, unless stopped, or a callback cancelled our Handle (and
+ * maybe scheduled another: that one runs instead). */
+static int poller_reschedule(EnginePoller *self, PyObject *running)
 {
-    if (!self->h || !PyTuple_GET_SIZE(self->endpoints) || self->handle == Py_None) {
+    if (self->handle != running || running == Py_None)
+        return 0;
+    if (!self->h || !PyTuple_GET_SIZE(self->endpoints)) {
         Py_XSETREF(self->handle, Py_NewRef(Py_None));
         return 0;
     }
@@ -1462,6 +1466,7 @@ static PyObject *EnginePoller_run(EnginePoller *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     Py_INCREF(self);
+    PyObject *running = Py_NewRef(self->handle);
     int64_t budget;
     int moved = -1;
     if (poller_budget(self, &budget) == 0) {
@@ -1477,7 +1482,8 @@ static PyObject *EnginePoller_run(EnginePoller *self, PyObject *unused)
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     if (moved < 0)
         PyErr_Fetch(&type, &value, &tb);
-    int err = poller_reschedule(self);
+    int err = poller_reschedule(self, running);
+    Py_DECREF(running);
     if (moved < 0) {
         if (err)
             PyErr_Clear();

@@ -223,12 +223,12 @@ class _Poller:
     own, deliver, run it again); it puts its Handle back in the ready queue itself."""
 
     def __init__(self, engine: Engine):
-        self._engine, self._transports, self._c = engine, [], None
+        self._engine, self._transports, self._c, self._loop = engine, [], None, None
 
     def add(self, transport) -> None:
         self._transports.append(transport)
-        if self._c is None:
-            engine = self._engine
+        if self._c is None or self._c.handle is None and self._loop is not transport._loop:
+            engine, self._loop = self._engine, transport._loop
             self._c = EnginePoller(int(ffi.cast("uintptr_t", engine._handle)),
                                    engine.config.threaded, _SPIN_NS, _BP["bp_poll"],
                                    _BP["bp_spin"], transport._loop)
@@ -366,6 +366,9 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def _sendto(self, data, addr=None):
         """sendto() for what the C path (self.sendto) does not take: other types, a new
         address, no address, a closing endpoint."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
         if addr is None:
             addr = self._remote
             if addr is None:
@@ -377,6 +380,8 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             if len(self._packed) > 4096:
                 self._packed.clear()
             packed = self._packed[addr] = _packed_address(addr)
+        if type(data) is not bytes:  # bytearray, memoryview: as asyncio's transports take
+            data = ffi.from_buffer(data)
         rc = lib.bp_send(self._h, packed >> 16, packed & 0xFFFF, self._port, data, len(data))
         if rc < 0:
             self._send_failed(rc)
