@@ -861,3 +861,25 @@ def test_close_inside_the_callback_delivers_nothing_more(loop, hosts, mode):
         assert not engine.running  # its last endpoint closed
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_system_exit_in_datagram_received_propagates_and_the_endpoint_stays(loop, hosts, mode):
+    class Exiting(Scripted):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"exit":
+                raise SystemExit(3)
+
+    protocol = Exiting()
+    tr, peer_tr, _ = run(loop, engine_and_peer(hosts, protocol, mode))
+    try:
+        peer_tr.sendto(b"exit", (ENGINE_IP, PORT))
+        with pytest.raises(SystemExit):
+            run(loop, asyncio.sleep(5))
+        peer_tr.sendto(b"after", (ENGINE_IP, PORT))  # the loop runs again: so does the endpoint
+        run(loop, until(lambda: protocol.got == [b"exit", b"after"]))
+    finally:
+        peer_tr.close()
+        tr.close()
+        run(loop, asyncio.sleep(0.01))

@@ -336,9 +336,11 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             os.read(self._efd, 8)
         except BlockingIOError:
             pass
-        self._drain()
-        if self._reading:
-            self._rearm()
+        try:
+            self._drain()
+        finally:  # SystemExit from a callback: the loop may run on, so stay armed
+            if self._reading:
+                self._rearm()
 
     def _rearm(self):
         # Arm, and drain once more if a datagram slipped in before the arm was seen.
