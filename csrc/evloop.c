@@ -1169,10 +1169,13 @@ static int engine_deliver_batch(EngineEndpoint *self, int max)
                 continue;
             }
             PyObject *addr = engine_peer(self, self->ips[i], self->ports[i]);
-            PyObject *item = addr ? Py_BuildValue(
-                "(y#OL)", (const char *)self->buf + (size_t)i * self->slot,
-                (Py_ssize_t)self->lens[i], addr, (long long)self->stamps[i]) : NULL;
+            PyObject *data = PyBytes_FromStringAndSize(
+                (const char *)self->buf + (size_t)i * self->slot, self->lens[i]);
+            PyObject *ns = PyLong_FromLongLong(self->stamps[i]);
+            PyObject *item = addr && data && ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
             Py_XDECREF(addr);
+            Py_XDECREF(data);
+            Py_XDECREF(ns);
             if (!item || PyList_Append(batch, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(batch);

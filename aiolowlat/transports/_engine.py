@@ -7,6 +7,10 @@ the same (transport, interface, namespace, queue) shares that engine, as sockets
 a NIC: the A and B lines of a feed and its request socket run on one engine and one core.
 The loop learns of datagrams from an endpoint's eventfd (add_reader: any loop) or, with
 ``EngineConfig(poll=True)``, by draining the rings on every loop iteration.
+Per datagram no Python frame and no cffi call runs: EngineEndpoint (csrc/evloop.c)
+takes datagrams from the ring to protocol.datagram_received (or datagrams_received)
+and is the transport's sendto(); EnginePoller is busy-poll mode's per-iteration
+callback. Both call bp_recv/bp_send/bp_poll/bp_spin by pointer; Python keeps the rest.
 """
 
 from __future__ import annotations
