@@ -1027,6 +1027,568 @@ static PyTypeObject LoopCoreType = {
     .tp_methods = LoopCore_methods,
 };
 
+/* ---- EngineEndpoint / EnginePoller: a bypass engine's endpoint (csrc/bypass_core.c) ---- */
+
+/* bp_recv, bp_send, bp_poll, bp_spin of the cffi module _bypass, by pointer. */
+typedef int (*bp_recv_fn)(void *, int, uint8_t *, uint32_t, int, int32_t *, uint32_t *,
+                          uint16_t *, int64_t *);
+typedef int (*bp_send_fn)(void *, uint32_t, uint16_t, uint16_t, const uint8_t *, uint32_t);
+typedef int (*bp_poll_fn)(void *);
+typedef int (*bp_spin_fn)(void *, int64_t);
+
+enum { ENGINE_BATCH = 64, ENGINE_ROUNDS = 16 }; /* as the Python transport's _BATCH, _ROUNDS */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    unsigned long long h;      /* struct bp_engine *; 0: closing or stopped (Python path) */
+    int ep, reading, batched;
+    unsigned port, slot;       /* our UDP port; bytes per slot of buf */
+    unsigned long long truncated;
+    bp_recv_fn recv;
+    bp_send_fn send;
+    uint8_t *buf;              /* ENGINE_BATCH slots, owned by the transport */
+    int32_t lens[ENGINE_BATCH];
+    uint32_t ips[ENGINE_BATCH];
+    uint16_t ports[ENGINE_BATCH];
+    int64_t stamps[ENGINE_BATCH];
+    long long remote;          /* the default destination ip << 16 | port; -1: none */
+    uint64_t last_key;         /* the last sender, ip << 16 | port, and its address */
+    PyObject *last_addr;
+    PyObject *protocol, *peers, *packed;  /* peers: key -> address; packed: address -> key */
+    PyObject *transport;       /* a weak reference: the transport holds us */
+} EngineEndpoint;
+
+static PyObject *s_datagrams_received, *s_send_failed;
+
+static PyObject *endpoint_transport(EngineEndpoint *self)
+{
+    PyObject *t = PyWeakref_GetObject(self->transport);
+    if (t == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    return t ? Py_NewRef(t) : NULL;
+}
+
+/* The sender's address (new reference): the last one, the peers cache, else transport._peer. */
+static PyObject *engine_peer(EngineEndpoint *self, uint32_t ip, uint16_t port)
+{
+    uint64_t key = (uint64_t)ip << 16 | port;
+    if (self->last_addr && key == self->last_key)
+        return Py_NewRef(self->last_addr);
+    PyObject *k = PyLong_FromUnsignedLongLong(key);
+    if (!k)
+        return NULL;
+    PyObject *addr = PyDict_GetItemWithError(self->peers, k);
+    if (addr) {
+        Py_INCREF(addr);
+    } else if (!PyErr_Occurred()) {
+        PyObject *t = endpoint_transport(self);
+        addr = t ? PyObject_CallMethodOneArg(t, s_peer, k) : NULL;
+        Py_XDECREF(t);
+    }
+    Py_DECREF(k);
+    if (addr) {
+        self->last_key = key;
+        Py_XSETREF(self->last_addr, Py_NewRef(addr));
+    }
+    return addr;
+}
+
+/* The protocol's callback failed: SystemExit/KeyboardInterrupt propagate (-1), anything
+ * else goes to transport._dgram_failed (the loop's exception handler), as call_protocol. */
+static int engine_failed(EngineEndpoint *self, PyObject *proto, PyObject *method)
+{
+    if (is_fatal_exit())
+        return -1;
+    PyObject *exc = take_exception();
+    PyObject *t = endpoint_transport(self);
+    PyObject *r = NULL;
+    if (t) {
+        PyObject *args[] = {t, proto, method, exc ? exc : Py_None};
+        r = PyObject_VectorcallMethod(s_dgram_failed, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      NULL);
+        Py_DECREF(t);
+    }
+    Py_XDECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static int engine_active(EngineEndpoint *self)
+{
+    return self->h && self->reading && self->protocol && self->protocol != Py_None;
+}
+
+/* One datagram to protocol.datagram_received: 1, 0 (none waiting) or -1. */
+static int engine_deliver_one(EngineEndpoint *self)
+{
+    int n = self->recv((void *)(uintptr_t)self->h, self->ep, self->buf, self->slot, 1, self->lens,
+                       self->ips, self->ports, self->stamps);
+    if (n <= 0)
+        return 0;
+    if (self->lens[0] < 0) { /* longer than the slot: dropped, counted by the engine too */
+        self->truncated++;
+        return 1;
+    }
+    PyObject *proto = Py_NewRef(self->protocol);
+    PyObject *addr = engine_peer(self, self->ips[0], self->ports[0]);
+    PyObject *data = addr ? PyBytes_FromStringAndSize((const char *)self->buf, self->lens[0])
+                          : NULL;
+    int rc = -1;
+    if (data) {
+        PyObject *args[] = {proto, data, addr};
+        PyObject *r = PyObject_VectorcallMethod(s_datagram_received, args,
+                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        rc = r ? 0 : engine_failed(self, proto, s_datagram_received);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(data);
+    Py_XDECREF(addr);
+    Py_DECREF(proto);
+    return rc < 0 ? -1 : 1;
+}
+
+/* Up to max datagrams in one protocol.datagrams_received([(data, addr, rx_ns), ...]):
+ * the number taken from the ring, or -1. */
+static int engine_deliver_batch(EngineEndpoint *self, int max)
+{
+    PyObject *batch = PyList_New(0);
+    if (!batch)
+        return -1;
+    int total = 0;
+    while (total < max) {
+        int want = max - total < ENGINE_BATCH ? max - total : ENGINE_BATCH;
+        int n = self->recv((void *)(uintptr_t)self->h, self->ep, self->buf, self->slot, want,
+                           self->lens, self->ips, self->ports, self->stamps);
+        total += n;
+        for (int i = 0; i < n; i++) {
+            if (self->lens[i] < 0) {
+                self->truncated++;
+                continue;
+            }
+            PyObject *addr = engine_peer(self, self->ips[i], self->ports[i]);
+            PyObject *data = PyBytes_FromStringAndSize(
+                (const char *)self->buf + (size_t)i * self->slot, self->lens[i]);
+            PyObject *ns = PyLong_FromLongLong(self->stamps[i]);
+            PyObject *item = addr && data && ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
+            Py_XDECREF(addr);
+            Py_XDECREF(data);
+            Py_XDECREF(ns);
+            if (!item || PyList_Append(batch, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(batch);
+                return -1;
+            }
+            Py_DECREF(item);
+        }
+        if (n < want)
+            break;
+    }
+    int rc = 0;
+    if (PyList_GET_SIZE(batch)) {
+        PyObject *proto = Py_NewRef(self->protocol);
+        PyObject *args[] = {proto, batch};
+        PyObject *r = PyObject_VectorcallMethod(s_datagrams_received, args,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        rc = r ? 0 : engine_failed(self, proto, s_datagrams_received);
+        Py_XDECREF(r);
+        Py_DECREF(proto);
+    }
+    Py_DECREF(batch);
+    return rc < 0 ? -1 : total;
+}
+
+/* Deliver what waits (at most ENGINE_ROUNDS batches' worth), re-reading the transport's
+ * state after every callback: a pause holds the rest in the ring, a close stops, a new
+ * protocol (batched or not) takes the next datagram. Datagrams taken, or -1. */
+static int engine_drain(EngineEndpoint *self)
+{
+    int total = 0;
+    const int max = ENGINE_BATCH * ENGINE_ROUNDS;
+    Py_INCREF(self); /* a callback may drop the transport, and with it us */
+    while (total < max && engine_active(self)) {
+        int n = self->batched ? engine_deliver_batch(self, max - total)
+                              : engine_deliver_one(self);
+        if (n < 0) {
+            total = -1;
+            break;
+        }
+        if (n == 0)
+            break;
+        total += n;
+    }
+    Py_DECREF(self);
+    return total;
+}
+
+static PyObject *EngineEndpoint_drain(EngineEndpoint *self, PyObject *unused)
+{
+    int n = engine_drain(self);
+    return n < 0 ? NULL : PyLong_FromLong(n);
+}
+
+/* transport._sendto(*args): whatever the C path does not take. */
+static PyObject *engine_send_slow(EngineEndpoint *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    PyObject *t = endpoint_transport(self);
+    if (!t)
+        return NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[5];
+    PyObject **vec = nargs + nkw + 1 <= 5 ? small
+                                          : PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+    if (!vec) {
+        Py_DECREF(t);
+        return PyErr_NoMemory();
+    }
+    vec[0] = t;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        vec[i + 1] = args[i];
+    PyObject *r = PyObject_VectorcallMethod(s_sendto_py, vec, nargs + 1, kwnames);
+    Py_DECREF(t);
+    if (vec != small)
+        PyMem_Free(vec);
+    return r;
+}
+
+/* sendto(data, addr=None): bytes to the default remote or a packed address go to bp_send. */
+static PyObject *EngineEndpoint_vectorcall(EngineEndpoint *self, PyObject *const *args,
+                                           size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!self->h || nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames)) ||
+        !PyBytes_CheckExact(args[0]))
+        return engine_send_slow(self, args, nargs, kwnames);
+    long long key = -1;
+    PyObject *addr = nargs == 2 ? args[1] : Py_None;
+    if (addr == Py_None) {
+        key = self->remote;
+    } else {
+        PyObject *packed = PyDict_GetItemWithError(self->packed, addr);
+        if (packed && PyLong_CheckExact(packed))
+            key = PyLong_AsLongLong(packed);
+        if (key < 0)
+            PyErr_Clear(); /* unhashable & co.: Python says what is wrong */
+    }
+    if (key < 0)
+        return engine_send_slow(self, args, nargs, kwnames);
+    PyObject *data = args[0];
+    int rc = self->send((void *)(uintptr_t)self->h, (uint32_t)(key >> 16), (uint16_t)key,
+                        (uint16_t)self->port, (const uint8_t *)PyBytes_AS_STRING(data),
+                        (uint32_t)PyBytes_GET_SIZE(data));
+    if (rc >= 0)
+        Py_RETURN_NONE;
+    PyObject *t = endpoint_transport(self);
+    PyObject *r = NULL;
+    if (t) {
+        PyObject *code = PyLong_FromLong(rc);
+        r = code ? PyObject_CallMethodOneArg(t, s_send_failed, code) : NULL;
+        Py_XDECREF(code);
+        Py_DECREF(t);
+    }
+    return r;
+}
+
+static int EngineEndpoint_init(EngineEndpoint *self, PyObject *args, PyObject *kw)
+{
+    PyObject *transport, *peers, *packed;
+    unsigned long long h, buf, recv, send;
+    int ep;
+    unsigned port, slot;
+    long long remote;
+    if (!PyArg_ParseTuple(args, "OKiIKIKKLO!O!", &transport, &h, &ep, &port, &buf, &slot, &recv,
+                          &send, &remote, &PyDict_Type, &peers, &PyDict_Type, &packed))
+        return -1;
+    PyObject *ref = PyWeakref_NewRef(transport, NULL);
+    if (!ref)
+        return -1;
+    Py_XSETREF(self->transport, ref);
+    Py_XSETREF(self->peers, Py_NewRef(peers));
+    Py_XSETREF(self->packed, Py_NewRef(packed));
+    Py_XSETREF(self->protocol, Py_NewRef(Py_None));
+    Py_CLEAR(self->last_addr);
+    self->h = h;
+    self->ep = ep;
+    self->port = port;
+    self->buf = (uint8_t *)(uintptr_t)buf;
+    self->slot = slot;
+    self->recv = (bp_recv_fn)(uintptr_t)recv;
+    self->send = (bp_send_fn)(uintptr_t)send;
+    self->remote = remote;
+    self->reading = self->batched = 0;
+    self->truncated = 0;
+    self->vectorcall = (vectorcallfunc)EngineEndpoint_vectorcall;
+    return 0;
+}
+
+static int EngineEndpoint_traverse(EngineEndpoint *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->peers);
+    Py_VISIT(self->packed);
+    Py_VISIT(self->last_addr);
+    return 0;
+}
+
+static int EngineEndpoint_clear(EngineEndpoint *self)
+{
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->peers);
+    Py_CLEAR(self->packed);
+    Py_CLEAR(self->last_addr);
+    return 0;
+}
+
+static void EngineEndpoint_dealloc(EngineEndpoint *self)
+{
+    PyObject_GC_UnTrack(self);
+    EngineEndpoint_clear(self);
+    Py_CLEAR(self->transport);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef EngineEndpoint_methods[] = {
+    {"drain", (PyCFunction)EngineEndpoint_drain, METH_NOARGS,
+     "Deliver the datagrams waiting in the ring; how many were taken."},
+    {NULL},
+};
+
+static PyMemberDef EngineEndpoint_members[] = {
+    {"h", T_ULONGLONG, offsetof(EngineEndpoint, h), 0, "the engine; 0: closing (Python path)"},
+    {"protocol", T_OBJECT, offsetof(EngineEndpoint, protocol), 0, "the protocol to call"},
+    {"reading", T_INT, offsetof(EngineEndpoint, reading), 0, "deliver datagrams"},
+    {"batched", T_INT, offsetof(EngineEndpoint, batched), 0, "call datagrams_received"},
+    {"truncated", T_ULONGLONG, offsetof(EngineEndpoint, truncated), READONLY,
+     "datagrams longer than a slot"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(EngineEndpoint, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject EngineEndpointType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.EngineEndpoint",
+    .tp_doc = "EngineEndpoint(transport, engine, ep, port, buf, slot, bp_recv, bp_send, remote, "
+              "peers, packed): a bypass endpoint's receive path and sendto() in C.",
+    .tp_basicsize = sizeof(EngineEndpoint),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(EngineEndpoint, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)EngineEndpoint_init,
+    .tp_dealloc = (destructor)EngineEndpoint_dealloc,
+    .tp_traverse = (traverseproc)EngineEndpoint_traverse,
+    .tp_clear = (inquiry)EngineEndpoint_clear,
+    .tp_methods = EngineEndpoint_methods,
+    .tp_members = EngineEndpoint_members,
+};
+
+/* The poller: one callback per loop iteration for all of an engine's endpoints. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long h;    /* the engine; 0: stopped */
+    int threaded;
+    long long spin_ns;
+    bp_poll_fn poll;
+    bp_spin_fn spin;
+    PyObject *endpoints;     /* a tuple of EngineEndpoint, replaced by Python */
+    PyObject *ready, *scheduled;  /* loop._ready, loop._scheduled; None: unknown loop */
+    PyObject *call_soon;     /* loop.call_soon, where ready is None */
+    PyObject *handle;        /* the Handle that runs us, put back in ready; None: stopped */
+} EnginePoller;
+
+/* Nanoseconds to spin in C: none while callbacks wait, never past the next timer. */
+static int poller_budget(EnginePoller *self, int64_t *ns)
+{
+    *ns = 0;
+    if (self->ready == Py_None)
+        return 0;
+    Py_ssize_t waiting = PyObject_Length(self->ready);
+    if (waiting)
+        return waiting < 0 ? -1 : 0;
+    *ns = self->spin_ns;
+    if (PyList_CheckExact(self->scheduled) && PyList_GET_SIZE(self->scheduled)) {
+        double when;
+        if (handle_when(PyList_GET_ITEM(self->scheduled, 0), &when) < 0)
+            return -1;
+        double left = (when - monotonic()) * 1e9;
+        *ns = left <= 0 ? 0 : left < (double)*ns ? (int64_t)left : *ns;
+    }
+    return 0;
+}
+
+/* Deliver for every reading endpoint; datagrams moved, or -1. */
+static int poller_drain(EnginePoller *self)
+{
+    PyObject *eps = Py_NewRef(self->endpoints); /* a callback may replace it */
+    int moved = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(eps) && self->h; i++) {
+        int n = engine_drain((EngineEndpoint *)PyTuple_GET_ITEM(eps, i));
+        if (n < 0) {
+            moved = -1;
+            break;
+        }
+        moved += n;
+    }
+    Py_DECREF(eps);
+    return moved;
+}
+
+/* Run again next iteration, unless stopped, or a callback cancelled our Handle (and
+ * maybe scheduled another: that one runs instead). */
+static int poller_reschedule(EnginePoller *self, PyObject *running)
+{
+    if (self->handle != running || running == Py_None)
+        return 0;
+    if (!self->h || !PyTuple_GET_SIZE(self->endpoints)) {
+        Py_XSETREF(self->handle, Py_NewRef(Py_None));
+        return 0;
+    }
+    if (self->ready != Py_None) {
+        PyObject *r = PyObject_CallMethodOneArg(self->ready, s_append, self->handle);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    PyObject *run = PyObject_GetAttrString((PyObject *)self, "run");
+    PyObject *h = run ? PyObject_CallOneArg(self->call_soon, run) : NULL;
+    Py_XDECREF(run);
+    if (!h)
+        return -1;
+    Py_XSETREF(self->handle, h);
+    return 0;
+}
+
+/* One loop iteration's turn: spin (within the budget), run the engine when it has no
+ * thread, deliver, and run it again so answers sent from the callbacks leave now. */
+static PyObject *EnginePoller_run(EnginePoller *self, PyObject *unused)
+{
+    if (!self->h || !PyTuple_GET_SIZE(self->endpoints)) {
+        Py_XSETREF(self->handle, Py_NewRef(Py_None));
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(self);
+    PyObject *running = Py_NewRef(self->handle);
+    int64_t budget;
+    int moved = -1;
+    if (poller_budget(self, &budget) == 0) {
+        void *h = (void *)(uintptr_t)self->h;
+        int waiting = budget ? self->spin(h, budget) : 0;
+        if (!self->threaded && !waiting) /* bp_spin has just polled when it found some */
+            self->poll(h);
+        moved = poller_drain(self);
+        if (moved > 0 && !self->threaded && self->h)
+            self->poll((void *)(uintptr_t)self->h);
+    }
+    /* Back in the ready queue even when a callback raised SystemExit: the loop may run on. */
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (moved < 0)
+        PyErr_Fetch(&type, &value, &tb);
+    int err = poller_reschedule(self, running);
+    Py_DECREF(running);
+    if (moved < 0) {
+        if (err)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(self);
+    if (moved < 0 || err)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int EnginePoller_init(EnginePoller *self, PyObject *args, PyObject *kw)
+{
+    unsigned long long h, poll, spin;
+    int threaded;
+    long long spin_ns;
+    PyObject *loop;
+    if (!PyArg_ParseTuple(args, "KpLKKO", &h, &threaded, &spin_ns, &poll, &spin, &loop))
+        return -1;
+    PyObject *ready = PyObject_GetAttrString(loop, "_ready");
+    PyObject *scheduled = ready ? PyObject_GetAttrString(loop, "_scheduled") : NULL;
+    if (!ready || !scheduled || !PyList_CheckExact(scheduled)) {
+        PyErr_Clear();
+        Py_XDECREF(ready);
+        Py_XDECREF(scheduled);
+        ready = Py_NewRef(Py_None);
+        scheduled = Py_NewRef(Py_None);
+    }
+    PyObject *call_soon = PyObject_GetAttrString(loop, "call_soon");
+    if (!call_soon) {
+        Py_DECREF(ready);
+        Py_DECREF(scheduled);
+        return -1;
+    }
+    Py_XSETREF(self->ready, ready);
+    Py_XSETREF(self->scheduled, scheduled);
+    Py_XSETREF(self->call_soon, call_soon);
+    Py_XSETREF(self->endpoints, PyTuple_New(0));
+    Py_XSETREF(self->handle, Py_NewRef(Py_None));
+    self->h = h;
+    self->threaded = threaded;
+    self->spin_ns = spin_ns;
+    self->poll = (bp_poll_fn)(uintptr_t)poll;
+    self->spin = (bp_spin_fn)(uintptr_t)spin;
+    return self->endpoints ? 0 : -1;
+}
+
+static int EnginePoller_traverse(EnginePoller *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->endpoints);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->scheduled);
+    Py_VISIT(self->call_soon);
+    Py_VISIT(self->handle);
+    return 0;
+}
+
+static int EnginePoller_clear(EnginePoller *self)
+{
+    Py_CLEAR(self->endpoints);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->scheduled);
+    Py_CLEAR(self->call_soon);
+    Py_CLEAR(self->handle);
+    return 0;
+}
+
+static void EnginePoller_dealloc(EnginePoller *self)
+{
+    PyObject_GC_UnTrack(self);
+    EnginePoller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef EnginePoller_methods[] = {
+    {"run", (PyCFunction)EnginePoller_run, METH_NOARGS, "One loop iteration's turn."},
+    {NULL},
+};
+
+static PyMemberDef EnginePoller_members[] = {
+    {"h", T_ULONGLONG, offsetof(EnginePoller, h), 0, "the engine; 0: stopped"},
+    {"endpoints", T_OBJECT, offsetof(EnginePoller, endpoints), 0, "tuple of EngineEndpoint"},
+    {"handle", T_OBJECT, offsetof(EnginePoller, handle), 0, "the Handle running us, or None"},
+    {NULL},
+};
+
+static PyTypeObject EnginePollerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiolowlat._native._evloop.EnginePoller",
+    .tp_doc = "EnginePoller(engine, threaded, spin_ns, bp_poll, bp_spin, loop): busy-poll "
+              "mode's per-iteration callback in C.",
+    .tp_basicsize = sizeof(EnginePoller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)EnginePoller_init,
+    .tp_dealloc = (destructor)EnginePoller_dealloc,
+    .tp_traverse = (traverseproc)EnginePoller_traverse,
+    .tp_clear = (inquiry)EnginePoller_clear,
+    .tp_methods = EnginePoller_methods,
+    .tp_members = EnginePoller_members,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "aiolowlat._native._evloop", "The io_uring loop's per-event path in C.",
     -1, NULL,
@@ -1073,11 +1635,14 @@ PyMODINIT_FUNC PyInit__evloop(void)
     INTERN(s_peer, "_peer");
     INTERN(s_sendto_py, "_sendto");
     INTERN(s_after_sendto, "_after_sendto");
+    INTERN(s_datagrams_received, "datagrams_received");
+    INTERN(s_send_failed, "_send_failed");
     INTERN(msg_data_failed, "Fatal error: protocol.data_received() call failed.");
     INTERN(msg_completion, "Exception in io_uring completion handler");
     if (PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&WriterType) < 0 ||
         PyType_Ready(&DgramReceiverType) < 0 || PyType_Ready(&DgramSenderType) < 0 ||
-        PyType_Ready(&LoopCoreType) < 0)
+        PyType_Ready(&LoopCoreType) < 0 || PyType_Ready(&EngineEndpointType) < 0 ||
+        PyType_Ready(&EnginePollerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -1086,7 +1651,9 @@ PyMODINIT_FUNC PyInit__evloop(void)
         PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
         PyModule_AddObjectRef(m, "DgramReceiver", (PyObject *)&DgramReceiverType) < 0 ||
         PyModule_AddObjectRef(m, "DgramSender", (PyObject *)&DgramSenderType) < 0 ||
-        PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&LoopCoreType) < 0) {
+        PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&LoopCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "EngineEndpoint", (PyObject *)&EngineEndpointType) < 0 ||
+        PyModule_AddObjectRef(m, "EnginePoller", (PyObject *)&EnginePollerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

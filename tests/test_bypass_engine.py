@@ -658,3 +658,228 @@ def test_an_oversized_datagram_is_an_error_not_a_crash(loop, hosts, kind):
         assert [e.errno for e in errors] == [errno.EMSGSIZE]
 
     run(loop, main())
+
+
+# -- the per-datagram path in C (csrc/evloop.c): what a callback may do in the middle --
+
+# eventfd: the engine thread wakes the loop; inline: the loop runs the engine each iteration
+MODES = {"eventfd": {}, "inline": dict(poll=True, threaded=False)}
+
+
+class Scripted(asyncio.DatagramProtocol):
+    """Records what arrives; on_first(transport) runs inside the first datagram_received."""
+
+    def __init__(self, on_first=None):
+        self.got, self.lost, self.on_first = [], [], on_first
+        self.arrived = asyncio.Event()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+        self.arrived.set()
+        if len(self.got) == 1 and self.on_first:
+            self.on_first(self.transport)
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+
+async def engine_and_peer(hosts, protocol, mode, want=1):
+    tr, _ = await open_datagram_endpoint(lambda: protocol, transport="af_xdp",
+                                         local_addr=(ENGINE_IP, PORT),
+                                         engine=config(hosts, **MODES[mode]))
+    peer_tr, peer = await open_peer(hosts, want)
+    return tr, peer_tr, peer
+
+
+async def burst(peer_tr, count, prefix=b"d"):
+    """count datagrams to the engine, sent back to back so they wait in its ring together."""
+    for i in range(count):
+        peer_tr.sendto(b"%s%d" % (prefix, i), (ENGINE_IP, PORT))
+
+
+async def until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exception_in_datagram_received_is_reported_and_receiving_goes_on(loop, hosts, mode):
+    async def main():
+        reported = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+
+        class Fragile(Echo):
+            def datagram_received(self, data, addr):
+                if data.startswith(b"bad"):
+                    raise ZeroDivisionError(data)
+                super().datagram_received(data, addr)
+
+        tr, peer_tr, peer = await engine_and_peer(hosts, Fragile(), mode, want=3)
+        try:
+            for data in (b"bad 1", b"ok 1", b"bad 2", b"ok 2", b"ok 3"):
+                peer_tr.sendto(data, (ENGINE_IP, PORT))
+            await asyncio.wait_for(peer.done.wait(), 5)
+            await until(lambda: len(reported) == 2)
+        finally:
+            peer_tr.close()
+            tr.close()
+            await asyncio.sleep(0.01)
+        assert [d for d, _ in peer.got] == [b"echo ok 1", b"echo ok 2", b"echo ok 3"]
+        assert [ctx["exception"].args[0] for ctx in reported] == [b"bad 1", b"bad 2"]
+        assert all(ctx["message"].startswith("Exception in ")
+                   and ctx["message"].endswith(".Fragile.datagram_received")
+                   and ctx["transport"] is tr for ctx in reported)
+
+    run(loop, main())
+
+
+def test_sendto_errors_are_those_of_the_python_path(loop, hosts):
+    async def main():
+        errors = []
+
+        class Errors(Scripted):
+            def error_received(self, exc):
+                errors.append(exc)
+
+        tr, peer_tr, peer = await engine_and_peer(hosts, Errors(), "eventfd", want=2)
+        to_peer = peer_tr.get_extra_info("sockname")
+        try:
+            with pytest.raises(ValueError, match="no remote_addr"):
+                tr.sendto(b"where to?")
+            with pytest.raises(ValueError):
+                tr.sendto(b"x", ("not an address", 9))
+            with pytest.raises(OverflowError):
+                tr.sendto(b"x", (hosts.addr_b, 70000))
+            with pytest.raises(TypeError):
+                tr.sendto("text", to_peer)
+            with pytest.raises(TypeError):
+                tr.sendto(b"x", [hosts.addr_b, 9])  # unhashable: no cached address
+            tr.sendto(bytes(tr.get_extra_info("engine").max_payload + 1), to_peer)
+            tr.sendto(b"first", to_peer)  # packed by Python, cached
+            tr.sendto(bytearray(b"second"), to_peer)  # not bytes: the Python path
+            await asyncio.wait_for(peer.done.wait(), 5)
+        finally:
+            peer_tr.close()
+            tr.close()
+        tr.sendto(b"after close", to_peer)  # dropped silently, as before
+        await asyncio.sleep(0.01)
+        assert sorted(d for d, _ in peer.got) == [b"first", b"second"]
+        assert [e.errno for e in errors] == [errno.EMSGSIZE]
+
+    run(loop, main())
+
+
+def test_sendto_goes_to_remote_addr_by_default(loop, hosts):
+    async def main():
+        peer_tr, peer = await open_peer(hosts, 2)
+        to_peer = peer_tr.get_extra_info("sockname")
+        tr, _ = await open_datagram_endpoint(Scripted, transport="af_xdp",
+                                             local_addr=(ENGINE_IP, PORT), remote_addr=to_peer,
+                                             engine=config(hosts))
+        try:
+            tr.sendto(b"one")
+            tr.sendto(b"two", None)
+            await asyncio.wait_for(peer.done.wait(), 5)
+        finally:
+            peer_tr.close()
+            tr.close()
+            await asyncio.sleep(0.01)
+        assert [d for d, _ in peer.got] == [b"one", b"two"]
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_set_protocol_to_a_batched_protocol_mid_stream(loop, hosts, mode):
+    async def main():
+        batches = []
+
+        class Batched(asyncio.DatagramProtocol):
+            def datagrams_received(self, batch):
+                batches.append(batch)
+
+        first = Scripted(on_first=lambda tr: tr.set_protocol(Batched()))
+        tr, peer_tr, _ = await engine_and_peer(hosts, first, mode)
+        try:
+            await burst(peer_tr, 10)
+            await until(lambda: sum(map(len, batches)) == 9)
+        finally:
+            peer_tr.close()
+            tr.close()
+            await asyncio.sleep(0.01)
+        assert first.got == [b"d0"]
+        assert [d for batch in batches for d, _, _ in batch] == [b"d%d" % i for i in range(1, 10)]
+        assert all(addr[0] == hosts.addr_b and ns > 0 for b in batches for _, addr, ns in b)
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pause_reading_inside_the_callback_holds_the_rest(loop, hosts, mode):
+    async def main():
+        protocol = Scripted(on_first=lambda tr: tr.pause_reading())
+        tr, peer_tr, _ = await engine_and_peer(hosts, protocol, mode)
+        try:
+            await burst(peer_tr, 5)
+            await asyncio.wait_for(protocol.arrived.wait(), 5)
+            await until(lambda: tr.stats()["endpoint"]["rx_udp"] == 5)
+            await asyncio.sleep(0.05)
+            held = list(protocol.got)
+            tr.resume_reading()
+            await until(lambda: len(protocol.got) == 5)
+        finally:
+            peer_tr.close()
+            tr.close()
+            await asyncio.sleep(0.01)
+        assert held == [b"d0"]
+        assert protocol.got == [b"d%d" % i for i in range(5)]
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_close_inside_the_callback_delivers_nothing_more(loop, hosts, mode):
+    async def main():
+        protocol = Scripted(on_first=lambda tr: tr.close())
+        tr, peer_tr, _ = await engine_and_peer(hosts, protocol, mode)
+        engine = tr.get_extra_info("engine")
+        try:
+            await burst(peer_tr, 5)
+            await asyncio.wait_for(protocol.arrived.wait(), 5)
+            await until(lambda: protocol.lost)
+            await asyncio.sleep(0.05)
+        finally:
+            peer_tr.close()
+            tr.close()
+            await asyncio.sleep(0.01)
+        assert protocol.got == [b"d0"] and protocol.lost == [None]
+        assert not engine.running  # its last endpoint closed
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_system_exit_in_datagram_received_propagates_and_the_endpoint_stays(loop, hosts, mode):
+    class Exiting(Scripted):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"exit":
+                raise SystemExit(3)
+
+    protocol = Exiting()
+    tr, peer_tr, _ = run(loop, engine_and_peer(hosts, protocol, mode))
+    try:
+        peer_tr.sendto(b"exit", (ENGINE_IP, PORT))
+        with pytest.raises(SystemExit):
+            run(loop, asyncio.sleep(5))
+        peer_tr.sendto(b"after", (ENGINE_IP, PORT))  # the loop runs again: so does the endpoint
+        run(loop, until(lambda: protocol.got == [b"exit", b"after"]))
+    finally:
+        peer_tr.close()
+        tr.close()
+        run(loop, asyncio.sleep(0.01))

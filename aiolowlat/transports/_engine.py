@@ -7,6 +7,10 @@ the same (transport, interface, namespace, queue) shares that engine, as sockets
 a NIC: the A and B lines of a feed and its request socket run on one engine and one core.
 The loop learns of datagrams from an endpoint's eventfd (add_reader: any loop) or, with
 ``EngineConfig(poll=True)``, by draining the rings on every loop iteration.
+Per datagram no Python frame and no cffi call runs: EngineEndpoint (csrc/evloop.c)
+takes datagrams from the ring to protocol.datagram_received (or datagrams_received)
+and is the transport's sendto(); EnginePoller is busy-poll mode's per-iteration
+callback. Both call bp_recv/bp_send/bp_poll/bp_spin by pointer; Python keeps the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import ipaddress
 import os
 from asyncio import transports
 
-from .._datagram import call_protocol
+from .._native._evloop import EngineEndpoint, EnginePoller
 from .errors import TransportUnavailableError
 
 try:
@@ -26,9 +30,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     ffi = lib = None
     _IMPORT_ERROR = exc
+else:  # the per-datagram path (csrc/evloop.c) calls these without a cffi round trip
+    _BP = {name: int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+           for name in ("bp_recv", "bp_send", "bp_poll", "bp_spin")}
 
-_BATCH = 64
-_ROUNDS = 16  # batches per wake-up, so one busy feed cannot starve the loop
+_BATCH = 64  # datagrams per bp_recv; at most 16 batches per wake-up (csrc/evloop.c), so
+# one busy feed cannot starve the loop
 # Busy-poll mode spins this long in C between loop iterations (each iteration costs a
 # system call in the loop): I/O on other descriptors of the loop waits at most this.
 _SPIN_NS = 20_000
@@ -72,6 +79,14 @@ class EngineConfig:
 
 def _ip(text: str) -> int:
     return int(ipaddress.IPv4Address(text))
+
+
+def _packed_address(addr) -> int:
+    """("a.b.c.d", port) as the key the C path sends to: ip << 16 | port."""
+    port = int(addr[1])
+    if not 0 <= port < 65536:
+        raise OverflowError(f"port must be 0-65535, not {port}")
+    return _ip(addr[0]) << 16 | port
 
 
 def _mac(text: str) -> bytes:
@@ -195,7 +210,7 @@ class Engine:
                     transport.close()
                 except RuntimeError:  # its loop is closed: nothing left to tell
                     pass
-            self._poller.cancel()
+            self._poller.stop()
             self.endpoints.clear()
             for key, engine in list(_SHARED.items()):
                 if engine is self:
@@ -207,66 +222,44 @@ class Engine:
 
 
 class _Poller:
-    """Busy-poll mode: one callback per loop iteration for all of an engine's endpoints,
-    which runs the engine first when it has no thread of its own (threaded=False)."""
+    """Busy-poll mode: one C callback per loop iteration for all of an engine's endpoints
+    (EnginePoller.run in csrc/evloop.c: spin, run the engine when it has no thread of its
+    own, deliver, run it again); it puts its Handle back in the ready queue itself."""
 
     def __init__(self, engine: Engine):
-        self._engine, self._transports, self._handle = engine, [], None
+        self._engine, self._transports, self._c, self._loop = engine, [], None, None
 
     def add(self, transport) -> None:
         self._transports.append(transport)
-        if self._handle is None:
-            self._handle = transport._loop.call_soon(self._run)
+        if self._c is None or self._c.handle is None and self._loop is not transport._loop:
+            engine, self._loop = self._engine, transport._loop
+            self._c = EnginePoller(int(ffi.cast("uintptr_t", engine._handle)),
+                                   engine.config.threaded, _SPIN_NS, _BP["bp_poll"],
+                                   _BP["bp_spin"], transport._loop)
+        self._c.endpoints = tuple(t._c for t in self._transports)
+        if self._c.handle is None:
+            self._c.handle = transport._loop.call_soon(self._c.run)
 
     def remove(self, transport) -> None:
         if transport in self._transports:
             self._transports.remove(transport)
+        if self._c is not None:
+            self._c.endpoints = tuple(t._c for t in self._transports)
         if not self._transports:
             self.cancel()
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._c is not None:
+            if self._c.handle is not None:
+                self._c.handle.cancel()
+                self._c.handle = None
+            self._c.endpoints = ()
 
-    @staticmethod
-    def _spin_budget(loop) -> int:
-        """Nanoseconds to spin in C before the loop's next iteration: none while other
-        callbacks wait, never past the next timer."""
-        ready = getattr(loop, "_ready", None)
-        if ready is None or ready:
-            return 0
-        scheduled = getattr(loop, "_scheduled", None)
-        if scheduled:
-            return max(0, min(_SPIN_NS, int((scheduled[0]._when - loop.time()) * 1e9)))
-        return _SPIN_NS
-
-    def _run(self):
-        engine, transports = self._engine, self._transports
-        if not transports or engine._handle is None:
-            self._handle = None
-            return
-        loop = transports[0]._loop
-        budget = self._spin_budget(loop)
-        waiting = lib.bp_spin(engine._handle, budget) if budget else 0
-        if engine.config.threaded:
-            for transport in transports[:]:  # a callback may close one of them
-                if transport._reading:
-                    transport._drain()
-        else:
-            h = engine._handle
-            if not waiting:  # bp_spin has just polled when it found something
-                lib.bp_poll(h)
-            moved = 0
-            for transport in transports[:]:
-                if transport._reading:
-                    moved += transport._drain()
-            if moved and engine._handle is not None:
-                lib.bp_poll(h)  # answers sent from the callbacks leave now, not next iteration
-        if self._transports and engine._handle is not None:
-            self._handle = loop.call_soon(self._run)
-        else:
-            self._handle = None
+    def stop(self) -> None:
+        """The engine is going: the C side must never touch it again."""
+        self.cancel()
+        if self._c is not None:
+            self._c.h = 0
 
 
 class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
@@ -284,24 +277,32 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         self._slot = engine.max_payload
         self._buf = ffi.new(f"uint8_t[{self._slot * _BATCH}]")
         self._view = memoryview(ffi.buffer(self._buf))
-        self._lens = ffi.new(f"int32_t[{_BATCH}]")
-        self._ips = ffi.new(f"uint32_t[{_BATCH}]")
-        self._ports = ffi.new(f"uint16_t[{_BATCH}]")
-        self._stamps = ffi.new(f"int64_t[{_BATCH}]")
-        self._peers = {}  # (ip, port) -> ("a.b.c.d", port)
-        self._packed = {}  # address -> (ip, port) for sendto
+        self._peers = {}  # ip << 16 | port -> ("a.b.c.d", port)
+        self._packed = {}  # address -> ip << 16 | port, for sendto
+        remote = _packed_address(self._remote) if self._remote else -1
+        # The receive path and sendto() in C (csrc/evloop.c); Python below takes the rest.
+        self._c = EngineEndpoint(self, int(ffi.cast("uintptr_t", self._h)), ep, port,
+                                 int(ffi.cast("uintptr_t", self._buf)), self._slot,
+                                 _BP["bp_recv"], _BP["bp_send"], remote, self._peers,
+                                 self._packed)
+        self.sendto = self._c  # an instance attribute: protocols call straight into C
+        self._drain = self._c.drain
         self._efd = lib.bp_eventfd(self._h, ep)
         self._poll_mode = engine.config.poll
         self._closing = self._reading = self._lost = False
-        self.truncated = 0  # datagrams longer than max_payload (a wider ring slot_size)
         engine._transports.add(self)
         self.set_protocol(protocol)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self.resume_reading)
 
     def set_protocol(self, protocol):
-        self._protocol = protocol
-        self._batched = callable(getattr(protocol, "datagrams_received", None))
+        self._protocol = self._c.protocol = protocol
+        self._c.batched = callable(getattr(protocol, "datagrams_received", None))
+
+    @property
+    def truncated(self) -> int:
+        """Datagrams longer than max_payload (a wider ring slot_size), dropped."""
+        return self._c.truncated
 
     def get_protocol(self):
         return self._protocol
@@ -318,7 +319,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def pause_reading(self):
         if not self._reading:
             return
-        self._reading = False
+        self._reading = self._c.reading = False
         if self._poll_mode:
             self._engine._poller.remove(self)
         else:
@@ -327,7 +328,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
     def resume_reading(self):
         if self._reading or self._closing:
             return
-        self._reading = True
+        self._reading = self._c.reading = True
         if self._poll_mode:
             self._engine._poller.add(self)
         else:
@@ -339,9 +340,11 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             os.read(self._efd, 8)
         except BlockingIOError:
             pass
-        self._drain()
-        if self._reading:
-            self._rearm()
+        try:
+            self._drain()
+        finally:  # SystemExit from a callback: the loop may run on, so stay armed
+            if self._reading:
+                self._rearm()
 
     def _rearm(self):
         # Arm, and drain once more if a datagram slipped in before the arm was seen.
@@ -350,61 +353,28 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             if not self._drain():
                 break
 
-    def _drain(self) -> int:
-        if self._engine._handle is None:  # Engine.stop() under open endpoints: nothing more
-            return 0
-        batch = []
-        total = 0
-        for _ in range(_ROUNDS):
-            n = lib.bp_recv(self._h, self._ep, self._buf, self._slot, _BATCH, self._lens, self._ips,
-                            self._ports, self._stamps)
-            total += n
-            self._collect(n, batch)
-            if n < _BATCH:
-                break
-        if batch:
-            if self._batched:
-                call_protocol(self, self._protocol.datagrams_received, batch)
-            else:
-                for data, addr, _ in batch:
-                    call_protocol(self, self._protocol.datagram_received, data, addr)
-        return total
-
-    def _collect(self, n, batch):
-        if n == 1 and self._lens[0] >= 0:  # the latency case: no lists to build
-            batch.append((self._view[:self._lens[0]].tobytes(),
-                          self._peer(self._ips[0], self._ports[0]), self._stamps[0]))
-            return
-        if not n:
-            return
-        lens, stamps = ffi.unpack(self._lens, n), ffi.unpack(self._stamps, n)
-        ips, ports = ffi.unpack(self._ips, n), ffi.unpack(self._ports, n)
-        view, slot = self._view, self._slot
-        if ips.count(ips[0]) == n and ports.count(ports[0]) == n:  # one sender: the usual feed
-            addrs = [self._peer(ips[0], ports[0])] * n
-        else:
-            addrs = list(map(self._peer, ips, ports))
-        if min(lens) < 0:  # rare: longer than this endpoint's slot, dropped and counted
-            self.truncated += lens.count(-1)
-            batch.extend((view[i * slot:i * slot + lens[i]].tobytes(), addrs[i], stamps[i])
-                         for i in range(n) if lens[i] >= 0)
-            return
-        # Comprehensions over zip: the per-datagram work stays in C where it can.
-        datas = [view[at:at + length].tobytes()
-                 for at, length in zip(range(0, n * slot, slot), lens)]
-        batch.extend(zip(datas, addrs, stamps))
-
-    def _peer(self, ip, port):
-        addr = self._peers.get((ip, port))
-        if addr is None:
-            if len(self._peers) > 4096:
-                self._peers.clear()
-            addr = self._peers[(ip, port)] = (str(ipaddress.IPv4Address(ip)), port)
+    def _peer(self, key):
+        """The address for a sender ip << 16 | port, decoded once and cached (called from C)."""
+        if len(self._peers) > 4096:
+            self._peers.clear()
+        addr = self._peers[key] = (str(ipaddress.IPv4Address(key >> 16)), key & 0xFFFF)
         return addr
+
+    def _dgram_failed(self, protocol, method, exc):
+        """A callback, called from C, raised: report it as call_protocol does."""
+        callback = getattr(protocol, method, None)
+        self._loop.call_exception_handler({
+            "message": f"Exception in {getattr(callback, '__qualname__', method)}",
+            "exception": exc, "transport": self, "protocol": self._protocol})
 
     # -- writing --
 
-    def sendto(self, data, addr=None):
+    def _sendto(self, data, addr=None):
+        """sendto() for what the C path (self.sendto) does not take: other types, a new
+        address, no address, a closing endpoint."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
         if addr is None:
             addr = self._remote
             if addr is None:
@@ -413,10 +383,18 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             return
         packed = self._packed.get(addr)
         if packed is None:
-            packed = self._packed[addr] = (_ip(addr[0]), int(addr[1]))
-        rc = lib.bp_send(self._h, packed[0], packed[1], self._port, data, len(data))
-        if rc < 0:  # -EMSGSIZE, or -ENOBUFS: the engine's TX ring is full (counted)
-            self._protocol.error_received(OSError(-rc, os.strerror(-rc)))
+            if len(self._packed) > 4096:
+                self._packed.clear()
+            packed = self._packed[addr] = _packed_address(addr)
+        if type(data) is not bytes:  # bytearray, memoryview: as asyncio's transports take
+            data = ffi.from_buffer(data)
+        rc = lib.bp_send(self._h, packed >> 16, packed & 0xFFFF, self._port, data, len(data))
+        if rc < 0:
+            self._send_failed(rc)
+
+    def _send_failed(self, rc):
+        # -EMSGSIZE, or -ENOBUFS: the engine's TX ring is full (counted)
+        self._protocol.error_received(OSError(-rc, os.strerror(-rc)))
 
     def get_write_buffer_size(self):
         return 0  # queued in the engine's ring; a full ring is reported, never buffered
@@ -430,6 +408,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
         if self._closing:
             return
         self._closing = True
+        self._c.h = 0  # sendto and the receive path take the Python path, which stops
         self.pause_reading()
         if not self._lost:
             self._lost = True
@@ -442,6 +421,7 @@ class EngineDatagramTransport(transports._FlowControlMixin, transports.DatagramT
             self._protocol.connection_lost(None)
         finally:
             self._engine._transports.discard(self)
+            self._c.protocol = None  # the protocol is gone: hold no reference to it
             _release(self._engine, self._ep)
 
 
