@@ -113,18 +113,22 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
     def _sync_fast_path(self):
         super()._sync_fast_path()
         receiver = self._receiver
-        if self._batched or self._paused or self._stash or self._protocol is None:
-            receiver.protocol = None
+        if self._paused or self._stash or self._protocol is None:
+            receiver.protocol = receiver.batch = None
             self._fast_proto = None
+        elif self._batched:  # C appends to the batch that _flush_batch hands over
+            receiver.protocol, receiver.batch = None, self._batch
+            receiver.batching = self._ring.batching
+            self._fast_proto = receiver
         else:
-            receiver.protocol = self._protocol
+            receiver.protocol, receiver.batch = self._protocol, None
             self._fast_proto = receiver
 
     def _call_connection_lost(self, exc):
         try:
             super()._call_connection_lost(exc)
         finally:
-            self._receiver.protocol = None  # the protocol is gone: hold no reference to it
+            self._receiver.protocol = self._receiver.batch = None  # hold no reference to them
 
     def _peer(self, raw):
         """The address for a raw sockaddr, decoded once per sender and cached."""
@@ -158,6 +162,8 @@ class UringDatagramTransport(UringTransport, transports.DatagramTransport):
 
     def _flush_batch(self):
         batch, self._batch = self._batch, []
+        if self._receiver.batch is not None:
+            self._receiver.batch = self._batch
         if not self._conn_lost:
             self._call(self._protocol.datagrams_received, batch)
 

@@ -181,6 +181,8 @@ enum { NAME_MAX_LEN = AL_DGRAM_NAME_SPACE };
 typedef struct {
     PyObject_HEAD
     PyObject *protocol; /* the transport's protocol (set by Python) */
+    PyObject *batch;    /* or, for a datagrams_received protocol, the transport's batch list */
+    PyObject *batching; /* the ring's list of transports with a batch to flush */
     PyObject *peers;    /* the transport's cache: raw sockaddr bytes -> address */
     unsigned name_gap;  /* bytes from a sender's sockaddr to its payload */
     /* The last sender: a feed or a ping-pong has one, so its address is reused
@@ -198,6 +200,8 @@ static int DgramReceiver_init(DgramReceiver *self, PyObject *args, PyObject *kw)
         return -1;
     Py_XSETREF(self->peers, Py_NewRef(peers));
     Py_XSETREF(self->protocol, Py_NewRef(Py_None));
+    Py_XSETREF(self->batch, Py_NewRef(Py_None));
+    Py_XSETREF(self->batching, Py_NewRef(Py_None));
     Py_CLEAR(self->last_addr);
     self->name_gap = gap;
     self->last_len = 0;
@@ -207,6 +211,8 @@ static int DgramReceiver_init(DgramReceiver *self, PyObject *args, PyObject *kw)
 static int DgramReceiver_traverse(DgramReceiver *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->protocol);
+    Py_VISIT(self->batch);
+    Py_VISIT(self->batching);
     Py_VISIT(self->peers);
     Py_VISIT(self->last_addr);
     return 0;
@@ -215,6 +221,8 @@ static int DgramReceiver_traverse(DgramReceiver *self, visitproc visit, void *ar
 static int DgramReceiver_clear(DgramReceiver *self)
 {
     Py_CLEAR(self->protocol);
+    Py_CLEAR(self->batch);
+    Py_CLEAR(self->batching);
     Py_CLEAR(self->peers);
     Py_CLEAR(self->last_addr);
     return 0;
@@ -229,6 +237,8 @@ static void DgramReceiver_dealloc(DgramReceiver *self)
 
 static PyMemberDef DgramReceiver_members[] = {
     {"protocol", T_OBJECT, offsetof(DgramReceiver, protocol), 0, "the protocol to call"},
+    {"batch", T_OBJECT, offsetof(DgramReceiver, batch), 0, "the batch list to append to"},
+    {"batching", T_OBJECT, offsetof(DgramReceiver, batching), 0, "the ring's batching list"},
     {NULL},
 };
 
@@ -281,8 +291,10 @@ static PyObject *deliver_dgram(Dispatcher *self, PyObject *conn, int64_t n, uint
     PyObject *fast = PyObject_GetAttr(conn, s_fast_proto);
     if (!fast)
         return NULL;
-    if (!Py_IS_TYPE(fast, &DgramReceiverType) || !((DgramReceiver *)fast)->protocol ||
-        ((DgramReceiver *)fast)->protocol == Py_None) {
+    DgramReceiver *rx = Py_IS_TYPE(fast, &DgramReceiverType) ? (DgramReceiver *)fast : NULL;
+    int batched = rx && rx->batch && PyList_CheckExact(rx->batch) && rx->batching &&
+                  PyList_CheckExact(rx->batching);
+    if (!rx || (!batched && (!rx->protocol || rx->protocol == Py_None))) {
         Py_DECREF(fast);
         PyObject *args[] = {conn, PyLong_FromLongLong(n), PyLong_FromUnsignedLongLong(aux),
                             PyLong_FromLongLong(stamp)};
@@ -295,9 +307,29 @@ static PyObject *deliver_dgram(Dispatcher *self, PyObject *conn, int64_t n, uint
         Py_XDECREF(args[3]);
         return r;
     }
-    DgramReceiver *rcv = (DgramReceiver *)fast;
+    DgramReceiver *rcv = rx;
     uint64_t off = aux & 0xFFFFFFFFFFull;
     unsigned namelen = (unsigned)(aux >> 40);
+    if (batched) { /* as _on_dgram: (data, addr, rx_ns) onto the batch, flushed once per wait */
+        PyObject *addr = sender_address(rcv, conn, self->pool + off - rcv->name_gap,
+                                        namelen < NAME_MAX_LEN ? namelen : NAME_MAX_LEN);
+        PyObject *item = NULL;
+        if (addr) {
+            PyObject *data = PyBytes_FromStringAndSize((const char *)self->pool + off, n);
+            PyObject *ns = data ? PyLong_FromLongLong(stamp) : NULL;
+            item = ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
+            Py_XDECREF(data);
+            Py_XDECREF(ns);
+            Py_DECREF(addr);
+        }
+        PyObject *batch = Py_NewRef(rcv->batch);
+        int err = !item || (PyList_GET_SIZE(batch) == 0 && PyList_Append(rcv->batching, conn)) ||
+                  PyList_Append(batch, item);
+        Py_DECREF(batch);
+        Py_XDECREF(item);
+        Py_DECREF(fast);
+        return err ? NULL : Py_NewRef(Py_None);
+    }
     PyObject *proto = Py_NewRef(rcv->protocol);
     PyObject *addr = sender_address(rcv, conn, self->pool + off - rcv->name_gap,
                                     namelen < NAME_MAX_LEN ? namelen : NAME_MAX_LEN);

@@ -259,3 +259,37 @@ def test_quiet_sendto_goes_out_by_sendto_and_errors_reach_error_received(loop):
     assert quiet["direct_sends"] == before["direct_sends"] + 1
     assert quiet["sends"] == before["sends"]
     assert errors and isinstance(errors[0], ConnectionRefusedError)
+
+
+@pytest.mark.parametrize("loop", ["aiolowlat"], indirect=True)
+def test_batched_datagrams_are_collected_in_c_with_sender_and_receive_time(loop):
+    """A datagrams_received protocol gets each wait's datagrams as one list of
+    (data, addr, rx_ns), collected in C: the transport's Python _on_dgram is not called
+    (the feed transports' timestamps are tested in test_transports.py)."""
+    batches = []
+
+    class Batched(asyncio.DatagramProtocol):
+        def datagrams_received(self, batch):
+            batches.append(batch)
+
+    async def main():
+        rx, _ = await loop.create_datagram_endpoint(Batched, local_addr=("127.0.0.1", 0))
+        python_path = []
+        rx._on_dgram = lambda *args: python_path.append(args)
+        tx, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=rx.get_extra_info("sockname"))
+        for i in range(20):
+            tx.sendto(b"%d" % i)
+        async with asyncio.timeout(5):
+            while sum(map(len, batches)) < 20:
+                await asyncio.sleep(0.001)
+        sender = tx.get_extra_info("sockname")
+        tx.close()
+        rx.close()
+        return python_path, sender
+
+    python_path, sender = run(loop, main())
+    items = [item for batch in batches for item in batch]
+    assert not python_path
+    assert [data for data, _, _ in items] == [b"%d" % i for i in range(20)]
+    assert all(addr == sender and ns == 0 for _, addr, ns in items)  # 0: no timestamps asked
