@@ -17,7 +17,6 @@ import errno
 import heapq
 import os
 import socket
-import ssl
 import sys
 import weakref
 from asyncio import base_events, constants, events, format_helpers, sslproto
@@ -36,6 +35,7 @@ _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 
 try:  # picows' TLS layer: OpenSSL driven from C with the caller's SSLContext
+    from aiofastnet.api_start_tls import start_tls as _fast_start_tls
     from aiofastnet.constants import SSL_BIO_SIZE_DEFAULTS as _BIO_SIZES
     from aiofastnet.ssl_transport import SSLTransport_Transport as _fast_tls
 except ImportError:
@@ -43,7 +43,7 @@ except ImportError:
 
 
 def _tls_layer(loop, protocol, sslcontext, waiter, server_side, server_hostname,
-               handshake_timeout, shutdown_timeout, call_connection_made=True):
+               handshake_timeout, shutdown_timeout):
     """(app transport, protocol for the socket transport) of a TLS connection. aiofastnet's
     layer when installed: asyncio's SSLProtocol is Python and cost 1.3-1.7x its round trip
     (benchmarks/ws_feed.py, picows-std on asyncio's loop); else asyncio's."""
@@ -53,15 +53,14 @@ def _tls_layer(loop, protocol, sslcontext, waiter, server_side, server_hostname,
         shutdown_timeout = constants.SSL_SHUTDOWN_TIMEOUT
     if _fast_tls is None:
         tls = sslproto.SSLProtocol(loop, protocol, sslcontext, waiter, server_side,
-                                   server_hostname, call_connection_made=call_connection_made,
+                                   server_hostname,
                                    ssl_handshake_timeout=handshake_timeout,
                                    ssl_shutdown_timeout=shutdown_timeout)  # fmt: skip
         return tls._app_transport, tls
     tls = _fast_tls(loop, protocol, sslcontext, server_side, handshake_timeout,
                     shutdown_timeout, _BIO_SIZES["ssl_incoming_bio_size"],
                     _BIO_SIZES["ssl_outgoing_bio_size"], waiter=waiter,
-                    server_hostname=server_hostname,
-                    call_connection_made=call_connection_made)  # fmt: skip
+                    server_hostname=server_hostname)
     return tls, tls.get_tls_protocol()
 
 
@@ -167,31 +166,12 @@ class Loop(asyncio.SelectorEventLoop):
                         server_hostname=None, ssl_handshake_timeout=None,
                         ssl_shutdown_timeout=None):
         """asyncio's start_tls, with the TLS layer _make_ssl_transport uses."""
+        kw = {"server_side": server_side, "server_hostname": server_hostname,
+              "ssl_handshake_timeout": ssl_handshake_timeout,
+              "ssl_shutdown_timeout": ssl_shutdown_timeout}
         if _fast_tls is None or not isinstance(transport, UringStreamTransport):
-            return await super().start_tls(
-                transport, protocol, sslcontext, server_side=server_side,
-                server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout)  # fmt: skip
-        if not isinstance(sslcontext, ssl.SSLContext):
-            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
-                            f"got {sslcontext!r}")
-        waiter = self.create_future()
-        tls, tls_protocol = _tls_layer(self, protocol, sslcontext, waiter, server_side,
-                                       server_hostname, ssl_handshake_timeout,
-                                       ssl_shutdown_timeout, call_connection_made=False)
-        # Paused first, so the TLS protocol gets no data before connection_made.
-        transport.pause_reading()
-        transport.set_protocol(tls_protocol)
-        made = self.call_soon(tls_protocol.connection_made, transport)
-        resume = self.call_soon(transport.resume_reading)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            made.cancel()
-            resume.cancel()
-            raise
-        return tls
+            return await super().start_tls(transport, protocol, sslcontext, **kw)
+        return await _fast_start_tls(self, transport, protocol, sslcontext, **kw)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return UringDatagramTransport(self, sock, protocol, address, waiter, extra)
