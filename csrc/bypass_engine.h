@@ -86,6 +86,13 @@ uint32_t bp_tx_next(struct bp_engine *e, uint8_t *frame, uint32_t cap, int64_t n
 int bp_tx_idle(struct bp_engine *e);
 int bp_fail(struct bp_engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t bp_now_ns(int clock);
+/* XDP programs (xsk_engine.c), for both drivers. The id of the program attached to
+ * ifindex, 0 when none; its name into name, and its XDP_ATTACHED_* mode into *mode. */
+uint32_t bp_xdp_attached(int ifindex, char *name, size_t len, uint8_t *mode);
+/* Detach the XDP program a process of ours that died without stopping left (ours, or
+ * libxdp's XSK program): 1 when detached, 0 when none, -1 when the program is someone
+ * else's, -2 when detaching failed. */
+int bp_xdp_detach_stale(int ifindex);
 
 extern const struct bp_ops bp_xsk_ops, bp_dpdk_ops;
 

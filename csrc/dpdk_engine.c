@@ -350,37 +350,12 @@ static int open_port(struct bp_engine *e, struct dpdk_drv *d, const char *spec)
     return rc;
 }
 
-/* The XDP program attached to ifindex: its id, attach mode (XDP_ATTACHED_*), name. */
-static uint32_t attached_program(int ifindex, uint8_t *mode, char *name, size_t len)
-{
-    LIBBPF_OPTS(bpf_xdp_query_opts, q);
-    name[0] = 0;
-    if (bpf_xdp_query(ifindex, 0, &q) || !q.prog_id)
-        return 0;
-    *mode = q.attach_mode;
-    int fd = bpf_prog_get_fd_by_id(q.prog_id);
-    if (fd >= 0) {
-        struct bpf_prog_info info;
-        uint32_t info_len = sizeof info;
-        memset(&info, 0, sizeof info);
-        if (!bpf_obj_get_info_by_fd(fd, &info, &info_len))
-            snprintf(name, len, "%s", info.name);
-        close(fd);
-    }
-    return q.prog_id;
-}
-
 /* net_af_xdp attaches libxdp's xsk_def_prog only where no program is: one that a killed
- * process left (its, or the af_xdp engine's) is detached first, and counted. */
+ * process left (its, or the af_xdp engine's) is detached first, and counted; someone
+ * else's stays, and net_af_packet is used instead. */
 static void clear_stale_program(struct bp_engine *e, int ifindex)
 {
-    char name[BPF_OBJ_NAME_LEN];
-    uint8_t mode = 0;
-    if (!attached_program(ifindex, &mode, name, sizeof name) ||
-        (strcmp(name, "xsk_def_prog") != 0 && strcmp(name, "al_xsk_redirect") != 0))
-        return;
-    uint32_t flags = mode == XDP_ATTACHED_SKB ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE;
-    if (!bpf_xdp_detach(ifindex, flags, NULL))
+    if (bp_xdp_detach_stale(ifindex) == 1)
         e->st.stale_xdp_cleared++;
 }
 
@@ -392,7 +367,7 @@ static int open_default_port(struct bp_engine *e, struct dpdk_drv *d, int ifinde
     uint8_t mode;
     if (ifindex)
         clear_stale_program(e, ifindex);
-    if (ifindex && !attached_program(ifindex, &mode, name, sizeof name)) {
+    if (ifindex && !bp_xdp_attached(ifindex, name, sizeof name, &mode)) {
         /* The queue of an XSK closed a moment ago stays busy until the kernel has
          * released it (EBUSY): retry for a while, as the af_xdp engine does. */
         snprintf(spec, sizeof spec, "net_af_xdp,iface=%s%s", e->cfg.ifname,
@@ -468,7 +443,7 @@ static int dpdk_setup(struct bp_engine *e)
     char name[BPF_OBJ_NAME_LEN];
     uint8_t mode = 0;
     if (d->xsk_fd >= 0 && ifindex &&
-        (d->prog_id = attached_program(ifindex, &mode, name, sizeof name)))
+        (d->prog_id = bp_xdp_attached(ifindex, name, sizeof name, &mode)))
         e->st.xdp_mode = mode == XDP_ATTACHED_SKB ? BP_XDP_SKB : BP_XDP_NATIVE;
     uint8_t mac[6] = {0}, zero[6] = {0};
     memcpy(mac, e->cfg.mac, 6);

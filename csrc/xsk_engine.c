@@ -98,13 +98,13 @@ static int load_program(struct bp_engine *e, int map_fd)
     return fd;
 }
 
-/* The id and name of the XDP program attached to ifindex; 0 when none. */
-static uint32_t attached_program(int ifindex, char *name, size_t len)
+uint32_t bp_xdp_attached(int ifindex, char *name, size_t len, uint8_t *mode)
 {
     LIBBPF_OPTS(bpf_xdp_query_opts, q);
+    name[0] = 0;
     if (bpf_xdp_query(ifindex, 0, &q) || !q.prog_id)
         return 0;
-    name[0] = 0;
+    *mode = q.attach_mode;
     int fd = bpf_prog_get_fd_by_id(q.prog_id);
     if (fd >= 0) {
         struct bpf_prog_info info;
@@ -117,13 +117,11 @@ static uint32_t attached_program(int ifindex, char *name, size_t len)
     return q.prog_id;
 }
 
-/* Detach an XDP program of ours (or libxdp's XSK program) from ifindex: what a process
- * that died without stopping leaves. 1 when detached, 0 when none, -1 when the
- * program is someone else's, -2 when detaching failed. */
-static int detach_xsk_program(int ifindex)
+int bp_xdp_detach_stale(int ifindex)
 {
     char name[BPF_OBJ_NAME_LEN];
-    if (!attached_program(ifindex, name, sizeof name))
+    uint8_t mode;
+    if (!bp_xdp_attached(ifindex, name, sizeof name, &mode))
         return 0;
     if (strcmp(name, PROG_NAME) != 0 && strcmp(name, "xsk_def_prog") != 0)
         return -1;
@@ -135,7 +133,7 @@ static int detach_xsk_program(int ifindex)
 
 static int clear_stale_program(struct bp_engine *e, int ifindex)
 {
-    int rc = detach_xsk_program(ifindex);
+    int rc = bp_xdp_detach_stale(ifindex);
     if (rc == 1)
         e->st.stale_xdp_cleared++;
     if (rc == -1)
