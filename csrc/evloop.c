@@ -256,6 +256,17 @@ static PyTypeObject DgramReceiverType = {
     .tp_members = DgramReceiver_members,
 };
 
+/* A batch item, as the Python paths build it: (data, addr, rx_ns); addr borrowed. */
+static PyObject *dgram_item(const char *p, Py_ssize_t n, PyObject *addr, int64_t rx_ns)
+{
+    PyObject *data = PyBytes_FromStringAndSize(p, n);
+    PyObject *ns = data ? PyLong_FromLongLong(rx_ns) : NULL;
+    PyObject *item = ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
+    Py_XDECREF(data);
+    Py_XDECREF(ns);
+    return item;
+}
+
 /* The sender's address (a new reference): the last sender's, else the peers
  * cache's, else the transport's _peer(raw), which decodes and caches it. */
 static PyObject *sender_address(DgramReceiver *rcv, PyObject *conn, const unsigned char *name,
@@ -313,15 +324,8 @@ static PyObject *deliver_dgram(Dispatcher *self, PyObject *conn, int64_t n, uint
     if (batched) { /* as _on_dgram: (data, addr, rx_ns) onto the batch, flushed once per wait */
         PyObject *addr = sender_address(rcv, conn, self->pool + off - rcv->name_gap,
                                         namelen < NAME_MAX_LEN ? namelen : NAME_MAX_LEN);
-        PyObject *item = NULL;
-        if (addr) {
-            PyObject *data = PyBytes_FromStringAndSize((const char *)self->pool + off, n);
-            PyObject *ns = data ? PyLong_FromLongLong(stamp) : NULL;
-            item = ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
-            Py_XDECREF(data);
-            Py_XDECREF(ns);
-            Py_DECREF(addr);
-        }
+        PyObject *item = addr ? dgram_item((const char *)self->pool + off, n, addr, stamp) : NULL;
+        Py_XDECREF(addr);
         PyObject *batch = Py_NewRef(rcv->batch);
         int err = !item || (PyList_GET_SIZE(batch) == 0 && PyList_Append(rcv->batching, conn)) ||
                   PyList_Append(batch, item);
@@ -1201,13 +1205,10 @@ static int engine_deliver_batch(EngineEndpoint *self, int max)
                 continue;
             }
             PyObject *addr = engine_peer(self, self->ips[i], self->ports[i]);
-            PyObject *data = PyBytes_FromStringAndSize(
-                (const char *)self->buf + (size_t)i * self->slot, self->lens[i]);
-            PyObject *ns = PyLong_FromLongLong(self->stamps[i]);
-            PyObject *item = addr && data && ns ? PyTuple_Pack(3, data, addr, ns) : NULL;
+            PyObject *item = addr ? dgram_item((const char *)self->buf + (size_t)i * self->slot,
+                                               self->lens[i], addr, self->stamps[i])
+                                  : NULL;
             Py_XDECREF(addr);
-            Py_XDECREF(data);
-            Py_XDECREF(ns);
             if (!item || PyList_Append(batch, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(batch);
