@@ -92,6 +92,12 @@ async def reports_for(session, count, timeout=10):
     return got
 
 
+def assert_clean_logout(peer):
+    """Logout both ways, and QuickFIX rejected nothing."""
+    assert peer.seen(event="in", type="5") and peer.seen(event="out", type="5")
+    assert not peer.seen(event="out", type="3")
+
+
 def order(cl_ord_id):
     return NewOrderSingle(cl_ord_id=cl_ord_id, symbol="AAPL", side="1", order_qty=10,
                           price=101.5)
@@ -141,9 +147,8 @@ def test_aiolowlat_initiator_with_quickfix_acceptor(loop, begin, tmp_path):
             # Logout handshake.
             await initiator.stop()
             await peer.wait_for(event="logout")
-            assert peer.seen(event="in", type="5") and peer.seen(event="out", type="5")
+            assert_clean_logout(peer)
             assert session.rejects == [] and not session.connected
-            assert not peer.seen(event="out", type="3")  # QuickFIX rejected nothing
         finally:
             await initiator.stop()
 
@@ -197,9 +202,8 @@ def test_aiolowlat_acceptor_with_quickfix_initiator(loop, begin, tmp_path):
             assert peer.seen(event="in", type="2")  # we asked for QuickFIX's skipped numbers
             assert session.core.counters.resend_requests_sent == 1
             assert session.core.counters.resent == 2  # the lost New, and the Fill after it
-            assert peer.seen(event="in", type="5") and peer.seen(event="out", type="5")
+            assert_clean_logout(peer)
             assert session.rejects == [] and session.rejects_sent == []
-            assert not peer.seen(event="out", type="3")
         finally:
             code = peer.finish()
             await acceptor.stop()

@@ -8,7 +8,14 @@ import ssl
 import pytest
 import trustme
 from conftest import run
-from test_fix_quickfix import QuickFixPeer, cl_ord_ids, free_port, order, reports_for
+from test_fix_quickfix import (
+    QuickFixPeer,
+    assert_clean_logout,
+    cl_ord_ids,
+    free_port,
+    order,
+    reports_for,
+)
 
 from aiolowlat.protocols.fix.engine import FixAcceptor, FixInitiator
 from aiolowlat.protocols.fix.messages import ExecutionReport, NewOrderSingle
@@ -136,9 +143,8 @@ def test_aiolowlat_initiator_with_quickfix_tls_acceptor(loop, pki, tmp_path):
             assert cl_ord_ids(peer.seen(event="in"), "D") == ["O1"]
             await initiator.stop()
             await peer.wait_for(event="logout")
-            assert peer.seen(event="in", type="5") and peer.seen(event="out", type="5")
+            assert_clean_logout(peer)
             assert session.rejects == [] and not session.connected
-            assert not peer.seen(event="out", type="3")
         finally:
             await initiator.stop()
 
@@ -189,9 +195,8 @@ def test_quickfix_tls_initiator_with_aiolowlat_acceptor(loop, pki, tmp_path):
             assert peer.seen(event="in", type="2") and session.core.counters.resend_requests_sent
             assert client_certs and all(
                 ("DNS", CLIENT_NAME) in c["subjectAltName"] for c in client_certs)
-            assert peer.seen(event="in", type="5") and peer.seen(event="out", type="5")
+            assert_clean_logout(peer)
             assert session.rejects == [] and session.rejects_sent == []
-            assert not peer.seen(event="out", type="3")
         finally:
             code = peer.finish()
             await acceptor.stop()
