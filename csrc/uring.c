@@ -16,12 +16,17 @@
 #include <unistd.h>
 
 /* user_data = pointer or (python token << 3), tagged in the low 3 bits. */
-enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG_DSEND = 5 };
+enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG_DSEND = 5,
+       TAG_TIMER = 6 };
 #define TAG_MASK 7ull
 #define BGID 0
 
 enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
-       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_DIRECT_SENDS, ST_N };
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_DIRECT_SENDS, ST_TIMER_ARMS, ST_N };
+
+/* A wait's deadline may come out this much earlier than the armed timer's without
+ * moving it: the two are computed from separate clock reads. */
+#define TIMER_SLACK_NS 10000
 
 struct al_loop {
     struct io_uring ring;
@@ -47,6 +52,12 @@ struct al_loop {
     pid_t owner; /* the thread that enabled the ring; 0 until the first wait */
     int inflight; /* SQEs whose final CQE has not been reaped */
     int last_events; /* events the last wait handed to Python: 0 or 1 is a quiet loop */
+    /* The wait's deadline is one IORING_OP_TIMEOUT kept armed across waits, moved only
+     * when the deadline comes earlier: a timeout on every io_uring_enter costs an
+     * hrtimer set-up and tear-down per wait (64 B ping-pong in C: ~3 % of the RTT). */
+    int64_t timer_at; /* its absolute CLOCK_MONOTONIC deadline in ns; 0: none armed */
+    struct __kernel_timespec timer_ts, timer_move_ts; /* read by the kernel at submit */
+    int timer_op_failed; /* the kernel refused it: back to a timeout per wait */
     uint64_t stats[ST_N];
 };
 
@@ -80,10 +91,16 @@ static struct io_uring_sqe *get_sqe(al_loop *l)
     return sqe;
 }
 
+/* Internal ops that are not counted in flight: they live as long as the loop. */
+static int uncounted(uint64_t ud)
+{
+    return (ud & TAG_MASK) == TAG_IGNORE || (ud & TAG_MASK) == TAG_TIMER;
+}
+
 static void set_ud(al_loop *l, struct io_uring_sqe *sqe, uint64_t ud)
 {
     io_uring_sqe_set_data64(sqe, ud);
-    if ((ud & TAG_MASK) != TAG_IGNORE)
+    if (!uncounted(ud))
         l->inflight++;
 }
 
@@ -713,6 +730,44 @@ static int taskrun_pending(struct io_uring *ring)
     return IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN;
 }
 
+static void set_ts(struct __kernel_timespec *ts, int64_t ns)
+{
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+}
+
+/* Have the armed timer fire by now + timeout_ns. Returns 1 when it will, so the wait
+ * needs no timeout of its own; 0 when this wait must carry it (SQPOLL: the timer's
+ * SQE would reach the kernel only when the SQ thread gets to it; or the kernel
+ * refused the op). A timer armed earlier than needed is left: it wakes the loop
+ * early, once, and the next wait arms the later deadline. */
+static int arm_timer(al_loop *l, int64_t timeout_ns)
+{
+    if (l->timer_op_failed || (l->ring.flags & IORING_SETUP_SQPOLL))
+        return 0;
+    int64_t at = now_ns() + timeout_ns;
+    if (l->timer_at && l->timer_at <= at + TIMER_SLACK_NS)
+        return 1;
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return 0;
+    if (!l->timer_at) {
+        set_ts(&l->timer_ts, at);
+        io_uring_prep_timeout(sqe, &l->timer_ts, 0, IORING_TIMEOUT_ABS);
+        set_ud(l, sqe, TAG_TIMER);
+    } else {
+        /* If the timer fires before this reaches it, the move fails (-ENOENT, a CQE
+         * that ends the wait) and the timer's own CQE says the deadline passed. */
+        set_ts(&l->timer_move_ts, at);
+        io_uring_prep_timeout_update(sqe, &l->timer_move_ts, TAG_TIMER, IORING_TIMEOUT_ABS);
+        io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
+        set_ud(l, sqe, TAG_IGNORE);
+    }
+    l->timer_at = at;
+    l->stats[ST_TIMER_ARMS]++;
+    return 1;
+}
+
 static int enter(al_loop *l, int64_t timeout_ns)
 {
     struct io_uring *ring = &l->ring;
@@ -738,7 +793,7 @@ static int enter(al_loop *l, int64_t timeout_ns)
             if ((spins & 255) == 0 && now_ns() >= deadline)
                 return 1;
         }
-    } else if (timeout_ns < 0) {
+    } else if (timeout_ns < 0 || arm_timer(l, timeout_ns)) {
         ret = io_uring_submit_and_wait(ring, 1);
     } else {
         struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000,
@@ -768,7 +823,7 @@ static void reap(al_loop *l, struct out *o, int max, int *woken)
         uint64_t ud = cqe->user_data;
         unsigned tag = ud & TAG_MASK;
         void *ptr = (void *)(uintptr_t)(ud & ~TAG_MASK);
-        if (tag != TAG_IGNORE && !(cqe->flags & IORING_CQE_F_MORE))
+        if (!uncounted(ud) && !(cqe->flags & IORING_CQE_F_MORE))
             l->inflight--;
         if (cqe->flags & IORING_CQE_F_BUFFER)
             l->in_ring--; /* the kernel took one from the ring */
@@ -788,6 +843,12 @@ static void reap(al_loop *l, struct out *o, int max, int *woken)
         case TAG_WAKE:
             *woken = 1;
             arm_wake(l);
+            break;
+        case TAG_TIMER:
+            l->timer_at = 0;
+            if (cqe->res != -ETIME)
+                l->timer_op_failed = 1;
+            *woken = 1; /* the deadline passed (or may have): back to Python's timers */
             break;
         default:
             break;

@@ -91,6 +91,49 @@ def test_call_soon_threadsafe_wakes_blocked_loop(loop):
     assert run(loop, main(), timeout=5) == "thread"
 
 
+def test_timer_brought_forward_while_waiting_fires_on_time(loop):
+    # The loop sleeps toward a timer an hour away; a thread then asks for one 20 ms out.
+    async def main():
+        loop.call_later(3600, lambda: None)
+        fired = loop.create_future()
+
+        def bring_forward():
+            loop.call_later(0.02, lambda: fired.set_result(loop.time()))
+            return loop.time()
+
+        asked = loop.create_future()
+        t = threading.Timer(
+            0.05, loop.call_soon_threadsafe, (lambda: asked.set_result(bring_forward()),)
+        )
+        t.start()
+        try:
+            return await asked, await fired
+        finally:
+            t.join()
+
+    asked, fired = run(loop, main(), timeout=5)
+    assert 0.02 - 0.002 <= fired - asked < 1.0
+
+
+def test_timer_pushed_back_does_not_fire_early(loop):
+    # The head timer is cancelled while the loop waits for it: the next one still
+    # runs no earlier than it was asked to (the loop may wake early, not run early).
+    async def main():
+        t0 = loop.time()
+        head = loop.call_later(0.03, lambda: None)
+        fired = loop.create_future()
+        loop.call_later(0.08, lambda: fired.set_result(loop.time()))
+        t = threading.Timer(0.01, loop.call_soon_threadsafe, (head.cancel,))
+        t.start()
+        try:
+            return await fired - t0
+        finally:
+            t.join()
+
+    elapsed = run(loop, main(), timeout=5)
+    assert 0.08 - 0.002 <= elapsed < 1.0
+
+
 def test_run_in_executor(loop):
     def work(x):
         return x * 2, threading.get_ident()

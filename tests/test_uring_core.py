@@ -33,6 +33,13 @@ class Collect(asyncio.Protocol):
             self.done.set_result(self.hash.hexdigest())
 
 
+class Answered(asyncio.Protocol):
+    answer: asyncio.Future
+
+    def data_received(self, data):
+        self.answer.set_result(data)
+
+
 async def _settle(loop, iterations=20):
     for _ in range(iterations):  # let cancellations and closes complete
         await asyncio.sleep(0)
@@ -136,6 +143,45 @@ def test_bursts_beyond_the_buffers_in_the_ring_arrive_whole():
             await server.wait_closed()
 
         run(loop, main(), timeout=30)
+    finally:
+        loop.close()
+
+
+def test_one_timer_op_serves_many_waits():
+    # Waits toward the same deadline share one armed IORING_OP_TIMEOUT: no timer set-up
+    # per io_uring_enter. Bringing the deadline forward moves it; it still fires.
+    loop = aiolowlat.new_event_loop()
+    try:
+        async def main():
+            loop.call_later(3600, lambda: None)
+            await _settle(loop)
+            baseline_inflight = loop._ring.inflight()
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            tr, proto = await loop.create_connection(
+                Answered, "127.0.0.1", server.sockets[0].getsockname()[1]
+            )
+            before = loop._ring.stats()
+            for _ in range(200):  # a blocking wait per round trip, toward the hour-away timer
+                proto.answer = echoed = loop.create_future()
+                tr.write(b"x")
+                # wait_for's own timer each time is a later deadline: the armed op stays
+                assert await asyncio.wait_for(echoed, 5) == b"x"
+            after = loop._ring.stats()
+            t0 = loop.time()
+            await asyncio.sleep(0.02)  # earlier than the armed hour: the timer moves
+            slept = loop.time() - t0
+            tr.close()
+            server.close()
+            await server.wait_closed()
+            await _settle(loop)
+            return before, after, loop._ring.stats(), slept, baseline_inflight
+
+        before, after, end, slept, baseline_inflight = run(loop, main())
+        assert after["waits"] - before["waits"] >= 200
+        assert after["timer_arms"] - before["timer_arms"] <= 2
+        assert end["timer_arms"] > after["timer_arms"]
+        assert 0.018 <= slept < 1.0
+        assert loop._ring.inflight() == baseline_inflight
     finally:
         loop.close()
 
