@@ -149,12 +149,14 @@ static int init_ring(al_loop *l, unsigned entries, int flags)
     if (flags & AL_SQPOLL) {
         p.flags |= IORING_SETUP_SQPOLL;
         p.sq_thread_idle = 1000;
-    } else if (l->busy_poll) {
-        /* No IPI into the spinning thread: it sees IORING_SQ_TASKRUN and enters. */
-        p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     } else {
-        /* Task work runs inside our own wait: fewer wake-ups, batched completions. */
+        /* Task work runs inside our own io_uring_enter: fewer wake-ups, batched
+         * completions, and no IPI into a busy-polling thread, which sees
+         * IORING_SQ_TASKRUN and enters. (COOP_TASKRUN there ran the same work through
+         * the generic task_work path: 64 B ping-pong in C ~4 % slower, 10 pairs.) */
         p.flags |= IORING_SETUP_DEFER_TASKRUN;
+        if (l->busy_poll)
+            p.flags |= IORING_SETUP_TASKRUN_FLAG;
     }
     int ret = io_uring_queue_init_params(entries, &l->ring, &p);
     if (ret == -EINVAL) { /* kernels before 6.1: plain ring */

@@ -1,8 +1,9 @@
 """Shared event-loop test fixtures.
 
 Every test that takes the ``loop`` fixture runs once per loop implementation
-(asyncio's, uvloop's and aiolowlat's) with the same body and the same assertions,
-so a behaviour difference of aiolowlat shows up as a failure of its param only.
+(asyncio's, uvloop's and aiolowlat's, the last also in busy-poll mode) with the same
+body and the same assertions, so a behaviour difference of aiolowlat shows up as a
+failure of its param only.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ LOOP_FACTORIES = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
     "aiolowlat": aiolowlat.new_event_loop,
+    "aiolowlat-busy": lambda: aiolowlat.new_event_loop(busy_poll=True),
 }
 
 # 1,000 concurrent connections take ~2,000 descriptors in this one process.
