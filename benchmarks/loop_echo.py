@@ -11,6 +11,11 @@ loops come from one run on one (noisy) machine.
 Output: one JSON line per (case, loop), then a table. Its "vs uvloop" column is the ratio to
 uvloop in the same run of the p50 round trip (latency cases: lower is better) or of
 round_trips_per_s (throughput cases: higher is better).
+
+The "c-uring" and "c-uring-busy" rows are the floor: the TCP cases in C alone
+(csrc/loop_pingpong.c, built here with gcc), on rings set up as the aiolowlat loop sets up
+its own, pinned as the loops are, no Python. The gap from a loop's row to them is what the
+loop and its protocol cost; their own ratio to uvloop is as far as any io_uring loop gets here.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import os
 import signal
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 HOST = "127.0.0.1"
-LOOPS = ("asyncio", "uvloop", "aiolowlat", "aiolowlat-busy")
+LOOPS = ("asyncio", "uvloop", "aiolowlat", "aiolowlat-busy", "c-uring", "c-uring-busy")
+C_FLOORS = ("c-uring", "c-uring-busy")  # csrc/loop_pingpong.c: TCP cases only
 METRICS = ("rtt_p50_us", "rtt_p99_us", "rtt_p999_us", "round_trips_per_s")
 
 
@@ -99,7 +107,7 @@ def cores_for(kind: str) -> tuple[int, int]:
     """(server core, client core). Sleeping loops share one core: a cross-core wake-up (~25 us
     here) would hide every difference being measured. A busy-polling side needs its own core."""
     cores = sorted(os.sched_getaffinity(0))
-    if kind == "aiolowlat-busy" and len(cores) > 1:
+    if kind.endswith("-busy") and len(cores) > 1:
         return cores[0], cores[1]
     return cores[0], cores[0]
 
@@ -407,8 +415,44 @@ def stop(proc) -> None:
     proc.join()
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_floor() -> str:
+    out = os.path.join(tempfile.gettempdir(), "aiolowlat_loop_pingpong")
+    src = os.path.join(ROOT, "csrc", "loop_pingpong.c")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src, "-luring"], check=True,
+                       capture_output=True, text=True)
+    return out
+
+
+def run_floor(case_name: str, kind: str, s: Settings) -> dict:
+    """The C floor of a TCP case: one program, its own client and server processes."""
+    case = CASES[case_name]
+    server_core, client_core = cores_for(kind)
+    busy = str(int(kind.endswith("-busy")))
+    if case.mode == "latency":
+        args = ["latency", case.size, s.round_trips, s.warmup_round_trips]
+    else:
+        args = ["throughput", case.size, case.conns, s.duration_s, s.warmup_s]
+    try:
+        prog = build_floor()
+        done = subprocess.run([prog, *map(str, args), busy, str(server_core), str(client_core)],
+                              capture_output=True, text=True, timeout=s.deadline_s)
+    except subprocess.CalledProcessError as exc:
+        return {"error": f"gcc: {(exc.stderr or str(exc)).strip()[:200]}"}
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": describe(exc)}
+    if done.returncode != 0:
+        return {"error": f"exit {done.returncode}: {done.stderr.strip()[:200]}"}
+    return json.loads(done.stdout)
+
+
 def run_once(case_name: str, kind: str, s: Settings) -> dict:
     """One server + client pair, both always reaped; returns metrics or {"error": ...}."""
+    if kind in C_FLOORS:
+        return run_floor(case_name, kind, s)
     ctx = mp.get_context("spawn")  # fresh interpreters: no loop state inherited from the parent
     server_core, client_core = cores_for(kind)
     deadline = time.monotonic() + s.deadline_s
@@ -529,12 +573,13 @@ def main(argv=None) -> int:
     rows = []
     try:
         for case_name in cases:
-            runs: dict[str, list[dict]] = {kind: [] for kind in loops}
+            kinds = [k for k in loops if k not in C_FLOORS or CASES[case_name].transport == "tcp"]
+            runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
             for i in range(rounds):
                 # Interleave loops, reversing the order every other round to cancel drift.
-                for kind in loops if i % 2 == 0 else loops[::-1]:
+                for kind in kinds if i % 2 == 0 else kinds[::-1]:
                     runs[kind].append(run_once(case_name, kind, s))
-            for kind in loops:
+            for kind in kinds:
                 rows.append(summarize(case_name, kind, runs[kind]))
                 print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
