@@ -72,6 +72,7 @@ class Ring(selectors.BaseSelector):
         self.wake_fd = lib.al_loop_wake_fd(ring)
         self.pool = memoryview(ffi.buffer(lib.al_loop_pool(ring), lib.al_loop_pool_size(ring)))
         self.busy_poll = busy_poll
+        self.sqpoll = sqpoll
         self.on_error = None  # the loop's call_exception_handler
         self.batching = []  # transports holding a batch to hand over after this dispatch
         self._next_token = 1

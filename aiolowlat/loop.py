@@ -92,6 +92,7 @@ class Loop(asyncio.SelectorEventLoop):
         self._ring = ring
         self._accepts = {}  # listening fd -> token of its multishot accept
         self._unclaimed = weakref.WeakKeyDictionary()  # sock -> results of cancelled calls
+        self._waiting = weakref.WeakKeyDictionary()  # sock -> calls that could take them
         super().__init__(selector=ring)
         ring.on_error = self.call_exception_handler
         self._core = LoopCore(self, ring, ring._disp, (events.Handle, events.TimerHandle),
@@ -233,13 +234,18 @@ class Loop(asyncio.SelectorEventLoop):
 
     # -- sock_* as io_uring operations --
 
-    def _sock_op(self, sock, prep, value_of, *args, keep=None, kept_of=None, what=""):
+    def _sock_op(self, sock, prep, value_of, *args, keep=None, kept_of=None, take=None,
+                 what=""):
         """Run one op on ``sock``; its future gets ``value_of(res)`` or the OSError.
 
         io_uring may complete an op that its caller has cancelled meanwhile (the
-        recv had already read): such a result is kept under ``keep`` for the next
-        call on the socket (as ``kept_of(res)``, by default the value), as asyncio
-        would have left the bytes in the socket.
+        recv had already read): such a result (as ``kept_of(res)``, by default the
+        value) goes to the next call of the kind ``keep`` on the socket, as asyncio
+        would have left the bytes in the socket: to one already waiting, as
+        ``take(result)``, or else to the next one made. A call can be waiting already
+        when the cancel reaches the kernel after a new call was made (under SQPOLL the
+        SQ thread takes the cancel when it gets to it), or when the result is reaped
+        after it was made.
         """
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
@@ -253,12 +259,32 @@ class Loop(asyncio.SelectorEventLoop):
             elif not fut.done():
                 fut.set_result(value_of(res))
             elif keep is not None:
-                self._unclaimed.setdefault(sock, {}).setdefault(keep, deque()).append(
-                    (kept_of or value_of)(res))
+                self._hand_over(sock, keep, (kept_of or value_of)(res))
 
         tok = self._ring.submit_op(prep, on_cqe, sock.fileno(), *args)
-        fut.add_done_callback(lambda f: f.cancelled() and self._ring.cancel_op(tok))
+        if keep is None:
+            fut.add_done_callback(lambda f: f.cancelled() and self._ring.cancel_op(tok))
+            return fut
+        waiting = self._waiting.setdefault(sock, {}).setdefault(keep, {})
+        waiting[fut] = take or (lambda value: value)
+
+        def done(f):
+            waiting.pop(f, None)
+            self._ring.cancel_op(tok)  # if still pending: cancelled, or answered by a hand-over
+
+        fut.add_done_callback(done)
         return fut
+
+    def _hand_over(self, sock, keep, value):
+        """A cancelled call's result: to the oldest call of its kind still waiting on
+        ``sock`` (whose own op is then cancelled, its result handed on in turn), or
+        kept for the next call."""
+        waiting = self._waiting.get(sock, {}).get(keep)
+        for fut, take in list(waiting.items()) if waiting else ():
+            if not fut.done():
+                fut.set_result(take(value))
+                return
+        self._unclaimed.setdefault(sock, {}).setdefault(keep, deque()).append(value)
 
     def _claim(self, sock, keep):
         """A result kept from a cancelled call on ``sock`` (see _sock_op), or None."""
@@ -267,8 +293,13 @@ class Loop(asyncio.SelectorEventLoop):
 
     def _claim_bytes(self, sock, limit):
         data = self._claim(sock, "recv")
-        if data is not None and len(data) > limit:
-            self._unclaimed[sock]["recv"].appendleft(data[limit:])
+        return data if data is None else self._keep_rest(sock, data, limit)
+
+    def _keep_rest(self, sock, data, limit):
+        """The first ``limit`` bytes of a kept result; the rest stays first in line."""
+        if len(data) > limit:
+            self._unclaimed.setdefault(sock, {}).setdefault("recv", deque()).appendleft(
+                data[limit:])
             data = data[:limit]
         return data
 
@@ -279,7 +310,8 @@ class Loop(asyncio.SelectorEventLoop):
         buf = bytearray(n)
         cbuf = ffi.from_buffer(buf)
         return await self._sock_op(sock, lib.al_op_recv, lambda res: bytes(buf[:res]),
-                                   cbuf, n, 0, keep="recv")
+                                   cbuf, n, 0, keep="recv",
+                                   take=lambda data: self._keep_rest(sock, data, n))
 
     async def sock_recv_into(self, sock, buf):
         cbuf = ffi.from_buffer(buf, require_writable=True)
@@ -287,9 +319,15 @@ class Loop(asyncio.SelectorEventLoop):
         if data is not None:
             cbuf[0:len(data)] = data
             return len(data)
+        def take(data):
+            data = self._keep_rest(sock, data, len(cbuf))
+            cbuf[0:len(data)] = data
+            return len(data)
+
         # A cancelled call's bytes are in the caller's buffer: keep a copy of them.
         return await self._sock_op(sock, lib.al_op_recv, lambda res: res, cbuf, len(cbuf), 0,
-                                   keep="recv", kept_of=lambda res: bytes(cbuf[0:res]))
+                                   keep="recv", kept_of=lambda res: bytes(cbuf[0:res]),
+                                   take=take)
 
     async def sock_sendall(self, sock, data):
         view = memoryview(data).cast("B")

@@ -1,7 +1,7 @@
 """Shared event-loop test fixtures.
 
 Every test that takes the ``loop`` fixture runs once per loop implementation
-(asyncio's, uvloop's and aiolowlat's, the last also in busy-poll mode) with the same
+(asyncio's, uvloop's and aiolowlat's, the last also busy-polling and with SQPOLL) with the same
 body and the same assertions, so a behaviour difference of aiolowlat shows up as a
 failure of its param only.
 """
@@ -25,6 +25,7 @@ LOOP_FACTORIES = {
     "uvloop": uvloop.new_event_loop,
     "aiolowlat": aiolowlat.new_event_loop,
     "aiolowlat-busy": lambda: aiolowlat.new_event_loop(busy_poll=True),
+    "aiolowlat-sqpoll": lambda: aiolowlat.new_event_loop(sqpoll=True),
 }
 
 # 1,000 concurrent connections take ~2,000 descriptors in this one process.

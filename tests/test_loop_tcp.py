@@ -168,9 +168,17 @@ def test_serve_forever_cancelled(loop):
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not server.is_serving()
-        # Cancelling serve_forever closes the listening socket.
-        with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection(*addr)
+        # Cancelling serve_forever closes the listening socket: at once, except under SQPOLL,
+        # where the socket lives until the SQ thread has taken the cancel of its accept.
+        for _ in range(20 if getattr(getattr(loop, "_ring", None), "sqpoll", False) else 1):
+            try:
+                _, late_writer = await asyncio.open_connection(*addr)
+            except ConnectionRefusedError:
+                break
+            late_writer.close()
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the closed server still accepted connections")
         writer.close()
         await writer.wait_closed()
 
