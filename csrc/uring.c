@@ -738,16 +738,15 @@ static void set_ts(struct __kernel_timespec *ts, int64_t ns)
     ts->tv_nsec = ns % 1000000000;
 }
 
-/* Have the armed timer fire by now + timeout_ns. Returns 1 when it will, so the wait
+/* Have the armed timer fire by `at` (CLOCK_MONOTONIC ns). Returns 1 when it will, so the wait
  * needs no timeout of its own; 0 when this wait must carry it (SQPOLL: the timer's
  * SQE would reach the kernel only when the SQ thread gets to it; or the kernel
  * refused the op). A timer armed earlier than needed is left: it wakes the loop
  * early, once, and the next wait arms the later deadline. */
-static int arm_timer(al_loop *l, int64_t timeout_ns)
+static int arm_timer(al_loop *l, int64_t at)
 {
     if (l->timer_op_failed || (l->ring.flags & IORING_SETUP_SQPOLL))
         return 0;
-    int64_t at = now_ns() + timeout_ns;
     if (l->timer_at && l->timer_at <= at + TIMER_SLACK_NS)
         return 1;
     struct io_uring_sqe *sqe = get_sqe(l);
@@ -770,7 +769,8 @@ static int arm_timer(al_loop *l, int64_t timeout_ns)
     return 1;
 }
 
-static int enter(al_loop *l, int64_t timeout_ns)
+/* deadline: now + timeout_ns when timeout_ns > 0, read once per al_wait. */
+static int enter(al_loop *l, int64_t timeout_ns, int64_t deadline)
 {
     struct io_uring *ring = &l->ring;
     int ret = 0;
@@ -784,7 +784,8 @@ static int enter(al_loop *l, int64_t timeout_ns)
             ret = io_uring_submit(ring);
         /* Spin on the CQ in user space: a syscall only when the kernel has
          * task work for us (IORING_SQ_TASKRUN), none while idle. */
-        int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
+        if (timeout_ns < 0)
+            deadline = INT64_MAX;
         for (unsigned spins = 1; !io_uring_cq_ready(ring); spins++) {
             if (taskrun_pending(ring)) {
                 io_uring_get_events(ring);
@@ -795,7 +796,7 @@ static int enter(al_loop *l, int64_t timeout_ns)
             if ((spins & 255) == 0 && now_ns() >= deadline)
                 return 1;
         }
-    } else if (timeout_ns < 0 || arm_timer(l, timeout_ns)) {
+    } else if (timeout_ns < 0 || arm_timer(l, deadline)) {
         ret = io_uring_submit_and_wait(ring, 1);
     } else {
         struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000,
@@ -871,7 +872,7 @@ int al_wait(al_loop *l, int64_t timeout_ns, uint64_t *toks, int64_t *res, uint64
     for (;;) {
         /* Python is done with the bytes it was handed (or none were handed). */
         recycle_buffers(l);
-        int stop = enter(l, timeout_ns);
+        int stop = enter(l, timeout_ns, deadline);
         l->stats[ST_WAITS]++;
         if (stop < 0)
             return stop;
