@@ -103,6 +103,32 @@ def test_cancelled_sock_recv_loses_no_data(loop):
         b.close()
 
 
+def test_recv_cancelled_after_data_arrived_hands_it_to_the_next_call(loop):
+    # The bytes reach the socket while a recv is pending; the recv is cancelled and a new
+    # one made before the loop looks again. Whichever of the two the bytes end up with
+    # (under SQPOLL, io_uring may complete the cancelled one: the SQ thread takes its
+    # cancel late), the new call must get them.
+    a, b = nonblocking(*socket.socketpair())
+
+    async def main():
+        for i in range(20):
+            first = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.002)  # the recv is in the kernel, waiting
+            msg = b"message %d" % i
+            b.send(msg)
+            first.cancel()
+            second = loop.create_task(loop.sock_recv(a, 100))
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert await asyncio.wait_for(second, 2) == msg
+
+    try:
+        run(loop, main())
+    finally:
+        a.close()
+        b.close()
+
+
 def test_sock_recv_timeout_then_reuse(loop):
     a, b = nonblocking(*socket.socketpair())
 
