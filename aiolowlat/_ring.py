@@ -28,7 +28,8 @@ _POLL_WRITE = _select.POLLOUT | _select.POLLERR | _select.POLLHUP
 _MAX_EVENTS = 1024
 _BUSY_SLICE_NS = 1_000_000  # a busy spin returns to Python this often, so signals run
 STAT_NAMES = ("cqes", "enobufs", "recv_arms", "sends", "short_sends", "sq_full",
-              "dgram_truncated", "dgram_bad", "waits", "direct_sends", "timer_arms")
+              "dgram_truncated", "dgram_bad", "waits", "direct_sends", "timer_arms",
+              "polls_skipped")
 
 
 def _address(cdata) -> int:

@@ -186,6 +186,40 @@ def test_one_timer_op_serves_many_waits():
         loop.close()
 
 
+def test_a_loop_running_callbacks_polls_without_a_syscall_and_still_sees_io():
+    # With callbacks ready, each iteration polls the ring with a zero timeout. The kernel
+    # flags deferred task work (IORING_SQ_TASKRUN): with none, nothing to submit and an
+    # empty CQ, the poll makes no io_uring_enter. A receive completing meanwhile is
+    # flagged, so the spinning loop still sees it.
+    loop = aiolowlat.new_event_loop()
+    try:
+        async def main():
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            tr, proto = await loop.create_connection(
+                Answered, "127.0.0.1", server.sockets[0].getsockname()[1]
+            )
+            proto.answer = echoed = loop.create_future()
+            tr.write(b"x")
+            for _ in range(100_000):  # no blocking wait in here: only zero-timeout polls
+                if echoed.done():
+                    break
+                await asyncio.sleep(0)
+            before = loop._ring.stats()
+            for _ in range(2000):
+                await asyncio.sleep(0)
+            after = loop._ring.stats()
+            tr.close()
+            server.close()
+            await server.wait_closed()
+            return echoed, before, after
+
+        echoed, before, after = run(loop, main())
+        assert echoed.done() and echoed.result() == b"x"
+        assert after["polls_skipped"] - before["polls_skipped"] >= 1900
+    finally:
+        loop.close()
+
+
 def test_loop_made_in_one_thread_runs_in_another():
     loop = aiolowlat.new_event_loop()  # the ring is claimed by the first thread that waits
     result = []
