@@ -96,8 +96,12 @@ class Loop(asyncio.SelectorEventLoop):
         super().__init__(selector=ring)
         ring.on_error = self.call_exception_handler
         self._core = LoopCore(self, ring, ring._disp, (events.Handle, events.TimerHandle),
-                              _report_handle_error, self._clock_resolution, busy_poll)
+                              _report_handle_error, self._clock_resolution, busy_poll,
+                              base_events.BaseEventLoop.call_soon)
         self._run_once = self._core.run_once  # run_forever calls it: skip a Python frame
+        # Tasks and futures schedule every step through call_soon: in C, it is asyncio's
+        # without its three Python frames (asyncio's own in debug mode or once closed).
+        self.call_soon = self._core.call_soon
 
     @property
     def busy_poll(self) -> bool:

@@ -40,7 +40,7 @@ static PyObject *s_fast_proto, *s_data_received, *s_on_data, *s_on_dgram, *s_on_
     *s_stopping, *s_debug, *s_scheduled, *s_append, *s_popleft, *s_drop_cancelled,
     *s_flush_batches, *s_process_events, *s_run_ready_debug, *s_callback, *s_args, *s_context,
     *s_handle_run, *s_datagram_received, *s_dgram_failed, *s_peer, *s_sendto_py,
-    *s_after_sendto;
+    *s_after_sendto, *s_closed;
 static PyObject *msg_data_failed, *msg_completion;
 
 /* ---- errors ---- */
@@ -767,6 +767,12 @@ typedef struct {
     Dispatcher *disp;
     double clock_resolution;
     int busy_poll;
+    /* call_soon in C: asyncio's Handle built slot by slot (offsets read from its member
+     * descriptors), for the loop's call_soon outside debug mode; py_call_soon
+     * (BaseEventLoop.call_soon, unbound) serves the rest. */
+    PyTypeObject *handle_type;
+    PyObject *py_call_soon;
+    Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr, off_context;
 } LoopCore;
 
 enum { BUSY_SLICE_NS = 1000000 }; /* a busy spin returns to Python this often, for signals */
@@ -779,14 +785,43 @@ static double monotonic(void) /* time.monotonic(), which loop.time() returns */
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The offset of an object slot of type t (a __slots__ member), or -1 if it is not one. */
+static Py_ssize_t slot_offset(PyTypeObject *t, const char *name)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)t, name);
+    Py_ssize_t off = -1;
+    if (d && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
+            off = m->offset;
+    }
+    Py_XDECREF(d);
+    PyErr_Clear();
+    return off;
+}
+
 static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
 {
-    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq;
+    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq, *py_call_soon;
     double res;
     int busy;
-    if (!PyArg_ParseTuple(args, "OOO!O!Odp", &loop, &ring, &DispatcherType, &disp, &PyTuple_Type,
-                          &handle_types, &report, &res, &busy))
+    if (!PyArg_ParseTuple(args, "OOO!O!OdpO", &loop, &ring, &DispatcherType, &disp, &PyTuple_Type,
+                          &handle_types, &report, &res, &busy, &py_call_soon))
         return -1;
+    if (PyTuple_GET_SIZE(handle_types) < 1 || !PyType_Check(PyTuple_GET_ITEM(handle_types, 0))) {
+        PyErr_SetString(PyExc_TypeError, "handle_types[0] must be asyncio's Handle");
+        return -1;
+    }
+    PyTypeObject *ht = (PyTypeObject *)PyTuple_GET_ITEM(handle_types, 0);
+    Py_XSETREF(self->handle_type, (PyTypeObject *)Py_NewRef(ht));
+    Py_XSETREF(self->py_call_soon, Py_NewRef(py_call_soon));
+    self->off_callback = slot_offset(ht, "_callback");
+    self->off_args = slot_offset(ht, "_args");
+    self->off_cancelled = slot_offset(ht, "_cancelled");
+    self->off_loop = slot_offset(ht, "_loop");
+    self->off_tb = slot_offset(ht, "_source_traceback");
+    self->off_repr = slot_offset(ht, "_repr");
+    self->off_context = slot_offset(ht, "_context");
     heapq = PyImport_ImportModule("heapq");
     if (!heapq)
         return -1;
@@ -825,6 +860,8 @@ static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
     Py_VISIT(self->heappop);
     Py_VISIT(self->report);
     Py_VISIT(self->disp);
+    Py_VISIT(self->handle_type);
+    Py_VISIT(self->py_call_soon);
     return 0;
 }
 
@@ -840,6 +877,8 @@ static int LoopCore_clear(LoopCore *self)
     Py_CLEAR(self->heappop);
     Py_CLEAR(self->report);
     Py_CLEAR(self->disp);
+    Py_CLEAR(self->handle_type);
+    Py_CLEAR(self->py_call_soon);
     return 0;
 }
 
@@ -1043,8 +1082,82 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static int handle_fast_path(LoopCore *self)
+{
+    return self->off_callback >= 0 && self->off_args >= 0 && self->off_cancelled >= 0 &&
+           self->off_loop >= 0 && self->off_tb >= 0 && self->off_repr >= 0 &&
+           self->off_context >= 0;
+}
+
+static void set_slot(PyObject *h, Py_ssize_t off, PyObject *v) /* steals v */
+{
+    *(PyObject **)((char *)h + off) = v;
+}
+
+/* loop.call_soon(callback, *args, context=None): BaseEventLoop.call_soon without its
+ * three Python frames (call_soon, _call_soon, Handle.__init__). A closed loop, debug
+ * mode (its checks and tracebacks) and any other keyword take asyncio's own. */
+static PyObject *LoopCore_call_soon(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    PyObject *context = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    int fast = nargs >= 1 && handle_fast_path(self) &&
+               (nkw == 0 || (nkw == 1 && PyUnicode_CompareWithASCIIString(
+                                             PyTuple_GET_ITEM(kwnames, 0), "context") == 0));
+    if (fast && nkw)
+        context = args[nargs] == Py_None ? NULL : args[nargs];
+    if (fast) {
+        int closed = attr_true(self->loop, s_closed);
+        int debug = closed ? closed : attr_true(self->loop, s_debug);
+        if (closed < 0 || debug < 0)
+            return NULL;
+        fast = !closed && !debug;
+    }
+    if (!fast) { /* asyncio's, with the loop in front of the arguments */
+        PyObject *small[9], **vec = nargs + nkw + 1 <= 9
+                                        ? small
+                                        : PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+        if (!vec)
+            return PyErr_NoMemory();
+        vec[0] = self->loop;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+            vec[i + 1] = args[i];
+        PyObject *r = PyObject_Vectorcall(self->py_call_soon, vec, nargs + 1, kwnames);
+        if (vec != small)
+            PyMem_Free(vec);
+        return r;
+    }
+    PyObject *cb_args = PyTuple_New(nargs - 1);
+    PyObject *ctx = context ? Py_NewRef(context) : PyContext_CopyCurrent();
+    PyObject *h = cb_args && ctx ? self->handle_type->tp_alloc(self->handle_type, 0) : NULL;
+    if (!h) {
+        Py_XDECREF(cb_args);
+        Py_XDECREF(ctx);
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(cb_args, i - 1, Py_NewRef(args[i]));
+    set_slot(h, self->off_context, ctx);
+    set_slot(h, self->off_loop, Py_NewRef(self->loop));
+    set_slot(h, self->off_callback, Py_NewRef(args[0]));
+    set_slot(h, self->off_args, cb_args);
+    set_slot(h, self->off_cancelled, Py_NewRef(Py_False));
+    set_slot(h, self->off_repr, Py_NewRef(Py_None));
+    set_slot(h, self->off_tb, Py_NewRef(Py_None));
+    PyObject *r = PyObject_CallMethodOneArg(self->ready, s_append, h);
+    if (!r) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return h;
+}
+
 static PyMethodDef LoopCore_methods[] = {
     {"run_once", (PyCFunction)LoopCore_run_once, METH_NOARGS, "One iteration of the loop."},
+    {"call_soon", (PyCFunction)(void (*)(void))LoopCore_call_soon, METH_FASTCALL | METH_KEYWORDS,
+     "loop.call_soon(callback, *args, context=None), in C."},
     {NULL},
 };
 
@@ -1634,6 +1747,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__evloop(void)
 {
     INTERN(s_fast_proto, "_fast_proto");
+    INTERN(s_closed, "_closed");
     INTERN(s_data_received, "data_received");
     INTERN(s_on_data, "_on_data");
     INTERN(s_on_dgram, "_on_dgram");

@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import contextvars
 import socket
 import threading
 import time
@@ -24,6 +25,34 @@ def test_call_soon_fifo_order(loop):
 
     run(loop, main())
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_call_soon_handles_contexts_cancel_debug_and_close(loop):
+    # aiolowlat's call_soon is in C; it must be asyncio's in every visible way.
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    var.set("caller")
+    handle = loop.call_soon(seen.append, "args")
+    assert type(handle).__name__ == "Handle" and not handle.cancelled()  # uvloop's: its own
+    loop.call_soon(lambda: seen.append(var.get()))  # a copy of the caller's context
+    other = contextvars.Context()
+    other.run(var.set, "other")
+    loop.call_soon(lambda: seen.append(var.get()), context=other)
+    loop.call_soon(lambda: seen.append(var.get()), context=None)
+    loop.call_soon(seen.append, "cancelled").cancel()
+    with pytest.raises(TypeError):
+        loop.call_soon(seen.append, 1, bogus=True)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["args", "caller", "other", "caller"]
+    loop.set_debug(True)
+    traced = loop.call_soon(seen.append, "debug")
+    assert traced._source_traceback  # debug mode records where it was scheduled
+    traced.cancel()
+    loop.set_debug(False)
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(seen.append, "late")
 
 
 def test_call_later_and_call_at_order_and_cancel(loop):
