@@ -4,7 +4,7 @@ Server and client run in separate spawned processes on the same loop kind. Each 
 selected loops in interleaved rounds and reports the median over rounds, so the ratios between
 loops come from one run on one (noisy) machine.
 
-    cd /work/main && python benchmarks/loop_echo.py        # full: 3 rounds, ~3-4 min
+    cd /work/main && python benchmarks/loop_echo.py        # full: 3 rounds, ~8 min
     python benchmarks/loop_echo.py --quick                 # 1 round, under 60 s
     python benchmarks/loop_echo.py --loops uvloop,aiolowlat --cases tcp_pingpong_64 --json-only
 
