@@ -97,11 +97,16 @@ class Loop(asyncio.SelectorEventLoop):
         ring.on_error = self.call_exception_handler
         self._core = LoopCore(self, ring, ring._disp, (events.Handle, events.TimerHandle),
                               _report_handle_error, self._clock_resolution, busy_poll,
-                              base_events.BaseEventLoop.call_soon)
+                              (base_events.BaseEventLoop.call_soon,
+                               base_events.BaseEventLoop.call_later,
+                               base_events.BaseEventLoop.call_at))
         self._run_once = self._core.run_once  # run_forever calls it: skip a Python frame
-        # Tasks and futures schedule every step through call_soon: in C, it is asyncio's
-        # without its three Python frames (asyncio's own in debug mode or once closed).
+        # Tasks and futures schedule every step through call_soon, and every timeout and
+        # sleep through call_later: in C, they are asyncio's without its Python frames
+        # (asyncio's own in debug mode or once closed).
         self.call_soon = self._core.call_soon
+        self.call_later = self._core.call_later
+        self.call_at = self._core.call_at
 
     @property
     def busy_poll(self) -> bool:

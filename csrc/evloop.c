@@ -767,12 +767,13 @@ typedef struct {
     Dispatcher *disp;
     double clock_resolution;
     int busy_poll;
-    /* call_soon in C: asyncio's Handle built slot by slot (offsets read from its member
-     * descriptors), for the loop's call_soon outside debug mode; py_call_soon
-     * (BaseEventLoop.call_soon, unbound) serves the rest. */
-    PyTypeObject *handle_type;
-    PyObject *py_call_soon;
+    /* call_soon, call_later and call_at in C: asyncio's Handle and TimerHandle built slot
+     * by slot (offsets read from their member descriptors), outside debug mode; the
+     * py_call_* (BaseEventLoop's, unbound) serve the rest. */
+    PyTypeObject *handle_type, *timer_type;
+    PyObject *py_call_soon, *py_call_later, *py_call_at, *heappush;
     Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr, off_context;
+    Py_ssize_t off_when, off_scheduled; /* TimerHandle's own */
 } LoopCore;
 
 enum { BUSY_SLICE_NS = 1000000 }; /* a busy spin returns to Python this often, for signals */
@@ -802,19 +803,28 @@ static Py_ssize_t slot_offset(PyTypeObject *t, const char *name)
 
 static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
 {
-    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq, *py_call_soon;
+    PyObject *loop, *ring, *disp, *handle_types, *report, *heapq, *py_call_soon, *py_call_later,
+        *py_call_at;
     double res;
     int busy;
-    if (!PyArg_ParseTuple(args, "OOO!O!OdpO", &loop, &ring, &DispatcherType, &disp, &PyTuple_Type,
-                          &handle_types, &report, &res, &busy, &py_call_soon))
+    if (!PyArg_ParseTuple(args, "OOO!O!Odp(OOO)", &loop, &ring, &DispatcherType, &disp,
+                          &PyTuple_Type, &handle_types, &report, &res, &busy, &py_call_soon,
+                          &py_call_later, &py_call_at))
         return -1;
-    if (PyTuple_GET_SIZE(handle_types) < 1 || !PyType_Check(PyTuple_GET_ITEM(handle_types, 0))) {
-        PyErr_SetString(PyExc_TypeError, "handle_types[0] must be asyncio's Handle");
+    if (PyTuple_GET_SIZE(handle_types) < 2 || !PyType_Check(PyTuple_GET_ITEM(handle_types, 0)) ||
+        !PyType_Check(PyTuple_GET_ITEM(handle_types, 1))) {
+        PyErr_SetString(PyExc_TypeError, "handle_types must be asyncio's (Handle, TimerHandle)");
         return -1;
     }
     PyTypeObject *ht = (PyTypeObject *)PyTuple_GET_ITEM(handle_types, 0);
+    PyTypeObject *tt = (PyTypeObject *)PyTuple_GET_ITEM(handle_types, 1);
     Py_XSETREF(self->handle_type, (PyTypeObject *)Py_NewRef(ht));
+    Py_XSETREF(self->timer_type, (PyTypeObject *)Py_NewRef(tt));
     Py_XSETREF(self->py_call_soon, Py_NewRef(py_call_soon));
+    Py_XSETREF(self->py_call_later, Py_NewRef(py_call_later));
+    Py_XSETREF(self->py_call_at, Py_NewRef(py_call_at));
+    self->off_when = slot_offset(tt, "_when");
+    self->off_scheduled = slot_offset(tt, "_scheduled");
     self->off_callback = slot_offset(ht, "_callback");
     self->off_args = slot_offset(ht, "_args");
     self->off_cancelled = slot_offset(ht, "_cancelled");
@@ -826,12 +836,13 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
     if (!heapq)
         return -1;
     Py_XSETREF(self->heappop, PyObject_GetAttrString(heapq, "heappop"));
+    Py_XSETREF(self->heappush, PyObject_GetAttrString(heapq, "heappush"));
     Py_DECREF(heapq);
     Py_XSETREF(self->ready, PyObject_GetAttrString(loop, "_ready"));
     Py_XSETREF(self->scheduled, PyObject_GetAttrString(loop, "_scheduled"));
     Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
     Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
-    if (!self->heappop || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
+    if (!self->heappop || !self->heappush || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
         return -1;
     if (!PyList_CheckExact(self->scheduled) || !PyList_CheckExact(self->ring_ready) ||
         !PyList_CheckExact(self->batching)) {
@@ -861,7 +872,11 @@ static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
     Py_VISIT(self->report);
     Py_VISIT(self->disp);
     Py_VISIT(self->handle_type);
+    Py_VISIT(self->timer_type);
     Py_VISIT(self->py_call_soon);
+    Py_VISIT(self->py_call_later);
+    Py_VISIT(self->py_call_at);
+    Py_VISIT(self->heappush);
     return 0;
 }
 
@@ -878,7 +893,11 @@ static int LoopCore_clear(LoopCore *self)
     Py_CLEAR(self->report);
     Py_CLEAR(self->disp);
     Py_CLEAR(self->handle_type);
+    Py_CLEAR(self->timer_type);
     Py_CLEAR(self->py_call_soon);
+    Py_CLEAR(self->py_call_later);
+    Py_CLEAR(self->py_call_at);
+    Py_CLEAR(self->heappush);
     return 0;
 }
 
@@ -1086,7 +1105,7 @@ static int handle_fast_path(LoopCore *self)
 {
     return self->off_callback >= 0 && self->off_args >= 0 && self->off_cancelled >= 0 &&
            self->off_loop >= 0 && self->off_tb >= 0 && self->off_repr >= 0 &&
-           self->off_context >= 0;
+           self->off_context >= 0 && self->off_when >= 0 && self->off_scheduled >= 0;
 }
 
 static void set_slot(PyObject *h, Py_ssize_t off, PyObject *v) /* steals v */
@@ -1094,49 +1113,61 @@ static void set_slot(PyObject *h, Py_ssize_t off, PyObject *v) /* steals v */
     *(PyObject **)((char *)h + off) = v;
 }
 
-/* loop.call_soon(callback, *args, context=None): BaseEventLoop.call_soon without its
- * three Python frames (call_soon, _call_soon, Handle.__init__). A closed loop, debug
- * mode (its checks and tracebacks) and any other keyword take asyncio's own. */
-static PyObject *LoopCore_call_soon(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
-                                    PyObject *kwnames)
+/* Whether a call (first `lead` positional arguments before the callback) takes the C path:
+ * known slots, at least the callback, no keyword but context=, an open loop, no debug
+ * mode. Sets *context (NULL: copy the caller's). 1, 0, or -1 with an exception. */
+static int fast_call(LoopCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     Py_ssize_t lead, PyObject **context)
 {
-    PyObject *context = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    int fast = nargs >= 1 && handle_fast_path(self) &&
-               (nkw == 0 || (nkw == 1 && PyUnicode_CompareWithASCIIString(
-                                             PyTuple_GET_ITEM(kwnames, 0), "context") == 0));
-    if (fast && nkw)
-        context = args[nargs] == Py_None ? NULL : args[nargs];
-    if (fast) {
-        int closed = attr_true(self->loop, s_closed);
-        int debug = closed ? closed : attr_true(self->loop, s_debug);
-        if (closed < 0 || debug < 0)
-            return NULL;
-        fast = !closed && !debug;
+    *context = NULL;
+    if (nargs < lead + 1 || !handle_fast_path(self))
+        return 0;
+    if (nkw) {
+        if (nkw != 1 ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "context") != 0)
+            return 0;
+        *context = args[nargs] == Py_None ? NULL : args[nargs];
     }
-    if (!fast) { /* asyncio's, with the loop in front of the arguments */
-        PyObject *small[9], **vec = nargs + nkw + 1 <= 9
-                                        ? small
-                                        : PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
-        if (!vec)
-            return PyErr_NoMemory();
-        vec[0] = self->loop;
-        for (Py_ssize_t i = 0; i < nargs + nkw; i++)
-            vec[i + 1] = args[i];
-        PyObject *r = PyObject_Vectorcall(self->py_call_soon, vec, nargs + 1, kwnames);
-        if (vec != small)
-            PyMem_Free(vec);
-        return r;
-    }
-    PyObject *cb_args = PyTuple_New(nargs - 1);
+    int closed = attr_true(self->loop, s_closed);
+    if (closed)
+        return closed < 0 ? -1 : 0;
+    int debug = attr_true(self->loop, s_debug);
+    return debug < 0 ? -1 : !debug;
+}
+
+/* asyncio's own method (unbound), with the loop in front of the arguments. */
+static PyObject *call_python(LoopCore *self, PyObject *func, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[9], **vec =
+        nargs + nkw + 1 <= 9 ? small : PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+    if (!vec)
+        return PyErr_NoMemory();
+    vec[0] = self->loop;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        vec[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(func, vec, nargs + 1, kwnames);
+    if (vec != small)
+        PyMem_Free(vec);
+    return r;
+}
+
+/* A Handle (or TimerHandle) as Handle.__init__ makes it: callback args[0], its arguments
+ * args[1:n], the given context or a copy of the caller's. */
+static PyObject *new_handle(LoopCore *self, PyTypeObject *type, PyObject *const *args,
+                            Py_ssize_t n, PyObject *context)
+{
+    PyObject *cb_args = PyTuple_New(n - 1);
     PyObject *ctx = context ? Py_NewRef(context) : PyContext_CopyCurrent();
-    PyObject *h = cb_args && ctx ? self->handle_type->tp_alloc(self->handle_type, 0) : NULL;
+    PyObject *h = cb_args && ctx ? type->tp_alloc(type, 0) : NULL;
     if (!h) {
         Py_XDECREF(cb_args);
         Py_XDECREF(ctx);
         return NULL;
     }
-    for (Py_ssize_t i = 1; i < nargs; i++)
+    for (Py_ssize_t i = 1; i < n; i++)
         PyTuple_SET_ITEM(cb_args, i - 1, Py_NewRef(args[i]));
     set_slot(h, self->off_context, ctx);
     set_slot(h, self->off_loop, Py_NewRef(self->loop));
@@ -1145,6 +1176,22 @@ static PyObject *LoopCore_call_soon(LoopCore *self, PyObject *const *args, Py_ss
     set_slot(h, self->off_cancelled, Py_NewRef(Py_False));
     set_slot(h, self->off_repr, Py_NewRef(Py_None));
     set_slot(h, self->off_tb, Py_NewRef(Py_None));
+    return h;
+}
+
+/* loop.call_soon(callback, *args, context=None): BaseEventLoop.call_soon without its
+ * three Python frames (call_soon, _call_soon, Handle.__init__). A closed loop, debug
+ * mode (its checks and tracebacks) and any other keyword take asyncio's own. */
+static PyObject *LoopCore_call_soon(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    PyObject *context;
+    int fast = fast_call(self, args, nargs, kwnames, 0, &context);
+    if (fast <= 0)
+        return fast < 0 ? NULL : call_python(self, self->py_call_soon, args, nargs, kwnames);
+    PyObject *h = new_handle(self, self->handle_type, args, nargs, context);
+    if (!h)
+        return NULL;
     PyObject *r = PyObject_CallMethodOneArg(self->ready, s_append, h);
     if (!r) {
         Py_DECREF(h);
@@ -1154,10 +1201,70 @@ static PyObject *LoopCore_call_soon(LoopCore *self, PyObject *const *args, Py_ss
     return h;
 }
 
+/* A TimerHandle for `when` (stolen) pushed on the heap, as BaseEventLoop.call_at does. */
+static PyObject *schedule_timer(LoopCore *self, PyObject *when, PyObject *const *args,
+                                Py_ssize_t n, PyObject *context)
+{
+    PyObject *t = new_handle(self, self->timer_type, args, n, context);
+    if (!t) {
+        Py_DECREF(when);
+        return NULL;
+    }
+    set_slot(t, self->off_when, when);
+    set_slot(t, self->off_scheduled, Py_NewRef(Py_False));
+    PyObject *r = PyObject_CallFunctionObjArgs(self->heappush, self->scheduled, t, NULL);
+    if (!r) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *old = *(PyObject **)((char *)t + self->off_scheduled);
+    set_slot(t, self->off_scheduled, Py_NewRef(Py_True));
+    Py_DECREF(old);
+    return t;
+}
+
+/* loop.call_at(when, callback, *args, context=None), in C as call_soon is. */
+static PyObject *LoopCore_call_at(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    PyObject *context;
+    int fast = nargs >= 1 && args[0] != Py_None
+                   ? fast_call(self, args, nargs, kwnames, 1, &context)
+                   : 0; /* when=None: asyncio's TypeError */
+    if (fast <= 0)
+        return fast < 0 ? NULL : call_python(self, self->py_call_at, args, nargs, kwnames);
+    return schedule_timer(self, Py_NewRef(args[0]), args + 1, nargs - 1, context);
+}
+
+/* loop.call_later(delay, callback, *args, context=None): due at loop.time() + delay. */
+static PyObject *LoopCore_call_later(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                     PyObject *kwnames)
+{
+    PyObject *context;
+    int fast = nargs >= 1 && args[0] != Py_None
+                   ? fast_call(self, args, nargs, kwnames, 1, &context)
+                   : 0; /* delay=None: asyncio's TypeError */
+    if (fast <= 0)
+        return fast < 0 ? NULL : call_python(self, self->py_call_later, args, nargs, kwnames);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic(), to the same double */
+    PyObject *now = PyFloat_FromDouble((double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9);
+    PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
+    Py_XDECREF(now);
+    if (!when)
+        return NULL;
+    return schedule_timer(self, when, args + 1, nargs - 1, context);
+}
+
 static PyMethodDef LoopCore_methods[] = {
     {"run_once", (PyCFunction)LoopCore_run_once, METH_NOARGS, "One iteration of the loop."},
     {"call_soon", (PyCFunction)(void (*)(void))LoopCore_call_soon, METH_FASTCALL | METH_KEYWORDS,
      "loop.call_soon(callback, *args, context=None), in C."},
+    {"call_at", (PyCFunction)(void (*)(void))LoopCore_call_at, METH_FASTCALL | METH_KEYWORDS,
+     "loop.call_at(when, callback, *args, context=None), in C."},
+    {"call_later", (PyCFunction)(void (*)(void))LoopCore_call_later,
+     METH_FASTCALL | METH_KEYWORDS, "loop.call_later(delay, callback, *args, context=None), in C."},
     {NULL},
 };
 

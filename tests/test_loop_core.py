@@ -55,6 +55,38 @@ def test_call_soon_handles_contexts_cancel_debug_and_close(loop):
         loop.call_soon(seen.append, "late")
 
 
+def test_call_later_and_call_at_check_contexts_debug_and_close(loop):
+    # aiolowlat's call_later and call_at are in C; they must be asyncio's in every visible way.
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    var.set("caller")
+    timer = loop.call_later(0.01, lambda: seen.append(var.get()))
+    assert type(timer).__name__ == "TimerHandle" and not timer.cancelled()
+    assert timer.when() == pytest.approx(loop.time() + 0.01, abs=0.005)
+    other = contextvars.Context()
+    other.run(var.set, "other")
+    loop.call_at(loop.time() + 0.005, lambda: seen.append(var.get()), context=other)
+    with pytest.raises(TypeError):
+        loop.call_later(None, seen.append)
+    with pytest.raises(TypeError):
+        loop.call_at(None, seen.append)
+    with pytest.raises(TypeError):
+        loop.call_later("soon", seen.append)
+    loop.call_later(0.03, loop.stop)
+    loop.run_forever()
+    assert seen == ["other", "caller"]
+    loop.set_debug(True)
+    traced = loop.call_later(60, seen.append, "debug")
+    assert traced._source_traceback
+    traced.cancel()
+    loop.set_debug(False)
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_later(0, seen.append)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_at(0, seen.append)
+
+
 def test_call_later_and_call_at_order_and_cancel(loop):
     order = []
 
