@@ -71,8 +71,9 @@ async def call_later_chain(n: int) -> None:
 
 
 async def many_tasks(n: int) -> None:
-    # n operations: n / 10 tasks, each awaiting sleep(0) ten times, gathered
-    await asyncio.gather(*(sleep0(10) for _ in range(n // 10)))
+    # n operations: batches of 1,000 tasks, each awaiting sleep(0) ten times, gathered
+    for _ in range(max(1, n // 10_000)):
+        await asyncio.gather(*(sleep0(10) for _ in range(1000)))
 
 
 # case -> (body, operations per run); each body performs n operations
@@ -81,7 +82,7 @@ CASES = {
     "call_soon_chain": (call_soon_chain, 300_000),
     "future_chain": (future_chain, 100_000),
     "call_later0_chain": (call_later_chain, 100_000),
-    "tasks_1000x10": (many_tasks, 10_000),
+    "tasks_1000x10": (many_tasks, 200_000),
 }
 
 

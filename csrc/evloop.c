@@ -771,7 +771,7 @@ typedef struct {
      * by slot (offsets read from their member descriptors), outside debug mode; the
      * py_call_* (BaseEventLoop's, unbound) serve the rest. */
     PyTypeObject *handle_type, *timer_type;
-    PyObject *py_call_soon, *py_call_later, *py_call_at, *heappush;
+    PyObject *py_call_soon, *py_call_later, *py_call_at, *heappush, *ready_popleft;
     Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr, off_context;
     Py_ssize_t off_when, off_scheduled; /* TimerHandle's own */
 } LoopCore;
@@ -840,9 +840,11 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
     Py_DECREF(heapq);
     Py_XSETREF(self->ready, PyObject_GetAttrString(loop, "_ready"));
     Py_XSETREF(self->scheduled, PyObject_GetAttrString(loop, "_scheduled"));
+    Py_XSETREF(self->ready_popleft,
+               self->ready ? PyObject_GetAttrString(self->ready, "popleft") : NULL);
     Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
     Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
-    if (!self->heappop || !self->heappush || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
+    if (!self->heappop || !self->heappush || !self->ready_popleft || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
         return -1;
     if (!PyList_CheckExact(self->scheduled) || !PyList_CheckExact(self->ring_ready) ||
         !PyList_CheckExact(self->batching)) {
@@ -877,6 +879,7 @@ static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
     Py_VISIT(self->py_call_later);
     Py_VISIT(self->py_call_at);
     Py_VISIT(self->heappush);
+    Py_VISIT(self->ready_popleft);
     return 0;
 }
 
@@ -898,6 +901,7 @@ static int LoopCore_clear(LoopCore *self)
     Py_CLEAR(self->py_call_later);
     Py_CLEAR(self->py_call_at);
     Py_CLEAR(self->heappush);
+    Py_CLEAR(self->ready_popleft);
     return 0;
 }
 
@@ -959,6 +963,21 @@ static int iteration_timeout(LoopCore *self, int64_t *ns)
     return 0;
 }
 
+static int handle_fast_path(LoopCore *self);
+
+/* h.name for a Handle or TimerHandle: its slot read at the offset its member descriptor
+ * gives (a new reference), or getattr where the slots are not known. */
+static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObject *name)
+{
+    if (off >= 0 && handle_fast_path(self) &&
+        (Py_IS_TYPE(h, self->handle_type) || Py_IS_TYPE(h, self->timer_type))) {
+        PyObject *v = *(PyObject **)((char *)h + off);
+        if (v)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(h, name);
+}
+
 /* Handle._run without its Python frame; an exception goes to report(handle, exc),
  * which says what Handle._run would have said. */
 static int run_handle(LoopCore *self, PyObject *h)
@@ -968,9 +987,10 @@ static int run_handle(LoopCore *self, PyObject *h)
         known |= Py_IS_TYPE(h, (PyTypeObject *)PyTuple_GET_ITEM(self->handle_types, i));
     if (!known)
         return call_noargs(h, s_handle_run);
-    PyObject *ctx = PyObject_GetAttr(h, s_context);
-    PyObject *cb = PyObject_GetAttr(h, s_callback);
-    PyObject *args = PyObject_GetAttr(h, s_args);
+    /* new references: the callback may cancel its own handle, which clears these slots */
+    PyObject *ctx = handle_slot(self, h, self->off_context, s_context);
+    PyObject *cb = handle_slot(self, h, self->off_callback, s_callback);
+    PyObject *args = handle_slot(self, h, self->off_args, s_args);
     PyObject *r = NULL;
     if (ctx && cb && args && PyTuple_Check(args)) {
         Py_ssize_t n = PyTuple_GET_SIZE(args);
@@ -1089,10 +1109,12 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
         return r;
     }
     for (Py_ssize_t k = 0; k < ntodo; k++) {
-        PyObject *h = PyObject_CallMethodNoArgs(self->ready, s_popleft);
+        PyObject *h = PyObject_CallNoArgs(self->ready_popleft);
         if (!h)
             return NULL;
-        int cancelled = attr_true(h, s_cancelled);
+        PyObject *c = handle_slot(self, h, self->off_cancelled, s_cancelled);
+        int cancelled = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
         int err = cancelled < 0 ? -1 : cancelled ? 0 : run_handle(self, h);
         Py_DECREF(h);
         if (err)
