@@ -941,6 +941,19 @@ static int handle_when(PyObject *h, double *when)
     return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObject *name);
+
+/* The head timer's _when, read by slot (-1 with an exception). */
+static int timer_when(LoopCore *self, PyObject *h, double *when)
+{
+    PyObject *w = handle_slot(self, h, self->off_when, s_when);
+    if (!w)
+        return -1;
+    *when = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
 /* The wait's timeout in ns (-1: none), as asyncio's _run_once computes it. */
 static int iteration_timeout(LoopCore *self, int64_t *ns)
 {
@@ -952,7 +965,7 @@ static int iteration_timeout(LoopCore *self, int64_t *ns)
         *ns = 0;
     } else if (PyList_GET_SIZE(self->scheduled)) {
         double when;
-        if (handle_when(PyList_GET_ITEM(self->scheduled, 0), &when) < 0)
+        if (timer_when(self, PyList_GET_ITEM(self->scheduled, 0), &when) < 0)
             return -1;
         double t = when - monotonic();
         t = t < 0 ? 0 : t > MAX_SELECT_TIMEOUT ? MAX_SELECT_TIMEOUT : t;
@@ -1036,7 +1049,7 @@ static int collect_due_timers(LoopCore *self)
     double end = monotonic() + self->clock_resolution;
     while (PyList_GET_SIZE(scheduled)) {
         double when;
-        if (handle_when(PyList_GET_ITEM(scheduled, 0), &when) < 0)
+        if (timer_when(self, PyList_GET_ITEM(scheduled, 0), &when) < 0)
             return -1;
         if (when >= end)
             break;
@@ -1063,7 +1076,10 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
     Py_ssize_t nsched = PyList_GET_SIZE(scheduled);
     if (nsched) {
         /* The Python side purges a heap full of cancelled timers, or cancelled heads. */
-        int head_cancelled = attr_true(PyList_GET_ITEM(scheduled, 0), s_cancelled);
+        PyObject *c = handle_slot(self, PyList_GET_ITEM(scheduled, 0), self->off_cancelled,
+                                  s_cancelled);
+        int head_cancelled = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
         if (head_cancelled < 0)
             return NULL;
         if ((head_cancelled || nsched > 100) && call_noargs(self->loop, s_drop_cancelled) < 0)
