@@ -763,7 +763,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop, *ready, *scheduled;  /* loop._ready (deque), loop._scheduled (heap) */
     PyObject *ring_ready, *batching;     /* ring._ready (poll events), ring.batching */
-    PyObject *ring, *handle_types, *heappop, *report;
+    PyObject *ring, *heappop, *report;
     Dispatcher *disp;
     double clock_resolution;
     int busy_poll;
@@ -774,16 +774,17 @@ typedef struct {
     PyObject *py_call_soon, *py_call_later, *py_call_at, *heappush, *ready_popleft;
     Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr, off_context;
     Py_ssize_t off_when, off_scheduled; /* TimerHandle's own */
+    int slots_known; /* every offset above was found: the C paths are on */
 } LoopCore;
 
 enum { BUSY_SLICE_NS = 1000000 }; /* a busy spin returns to Python this often, for signals */
 static const double MAX_SELECT_TIMEOUT = 24 * 3600;
 
-static double monotonic(void) /* time.monotonic(), which loop.time() returns */
+static double monotonic(void) /* time.monotonic(), which loop.time() returns: the same double */
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
 }
 
 /* The offset of an object slot of type t (a __slots__ member), or -1 if it is not one. */
@@ -832,6 +833,10 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
     self->off_tb = slot_offset(ht, "_source_traceback");
     self->off_repr = slot_offset(ht, "_repr");
     self->off_context = slot_offset(ht, "_context");
+    self->slots_known = self->off_callback >= 0 && self->off_args >= 0 &&
+                        self->off_cancelled >= 0 && self->off_loop >= 0 && self->off_tb >= 0 &&
+                        self->off_repr >= 0 && self->off_context >= 0 && self->off_when >= 0 &&
+                        self->off_scheduled >= 0;
     heapq = PyImport_ImportModule("heapq");
     if (!heapq)
         return -1;
@@ -844,7 +849,8 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
                self->ready ? PyObject_GetAttrString(self->ready, "popleft") : NULL);
     Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
     Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
-    if (!self->heappop || !self->heappush || !self->ready_popleft || !self->ready || !self->scheduled || !self->ring_ready || !self->batching)
+    if (!self->heappop || !self->heappush || !self->ready || !self->ready_popleft ||
+        !self->scheduled || !self->ring_ready || !self->batching)
         return -1;
     if (!PyList_CheckExact(self->scheduled) || !PyList_CheckExact(self->ring_ready) ||
         !PyList_CheckExact(self->batching)) {
@@ -854,7 +860,6 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->loop, Py_NewRef(loop));
     Py_XSETREF(self->ring, Py_NewRef(ring));
     Py_XSETREF(self->disp, (Dispatcher *)Py_NewRef(disp));
-    Py_XSETREF(self->handle_types, Py_NewRef(handle_types));
     Py_XSETREF(self->report, Py_NewRef(report));
     self->clock_resolution = res;
     self->busy_poll = busy;
@@ -869,7 +874,6 @@ static int LoopCore_traverse(LoopCore *self, visitproc visit, void *arg)
     Py_VISIT(self->ring_ready);
     Py_VISIT(self->batching);
     Py_VISIT(self->ring);
-    Py_VISIT(self->handle_types);
     Py_VISIT(self->heappop);
     Py_VISIT(self->report);
     Py_VISIT(self->disp);
@@ -891,7 +895,6 @@ static int LoopCore_clear(LoopCore *self)
     Py_CLEAR(self->ring_ready);
     Py_CLEAR(self->batching);
     Py_CLEAR(self->ring);
-    Py_CLEAR(self->handle_types);
     Py_CLEAR(self->heappop);
     Py_CLEAR(self->report);
     Py_CLEAR(self->disp);
@@ -930,10 +933,9 @@ static int call_noargs(PyObject *obj, PyObject *name)
     return r ? 0 : -1;
 }
 
-/* A TimerHandle's _when, or -1 with an exception. */
-static int handle_when(PyObject *h, double *when)
+/* A _when value (stolen; NULL: an exception is set) as a double: 0, or -1. */
+static int when_of(PyObject *w, double *when)
 {
-    PyObject *w = PyObject_GetAttr(h, s_when);
     if (!w)
         return -1;
     *when = PyFloat_AsDouble(w);
@@ -941,17 +943,18 @@ static int handle_when(PyObject *h, double *when)
     return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* A TimerHandle's _when, or -1 with an exception. */
+static int handle_when(PyObject *h, double *when)
+{
+    return when_of(PyObject_GetAttr(h, s_when), when);
+}
+
 static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObject *name);
 
 /* The head timer's _when, read by slot (-1 with an exception). */
 static int timer_when(LoopCore *self, PyObject *h, double *when)
 {
-    PyObject *w = handle_slot(self, h, self->off_when, s_when);
-    if (!w)
-        return -1;
-    *when = PyFloat_AsDouble(w);
-    Py_DECREF(w);
-    return (*when == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    return when_of(handle_slot(self, h, self->off_when, s_when), when);
 }
 
 /* The wait's timeout in ns (-1: none), as asyncio's _run_once computes it. */
@@ -976,14 +979,17 @@ static int iteration_timeout(LoopCore *self, int64_t *ns)
     return 0;
 }
 
-static int handle_fast_path(LoopCore *self);
+/* asyncio's own Handle or TimerHandle (not a subclass) */
+static int is_asyncio_handle(LoopCore *self, PyObject *h)
+{
+    return Py_IS_TYPE(h, self->handle_type) || Py_IS_TYPE(h, self->timer_type);
+}
 
 /* h.name for a Handle or TimerHandle: its slot read at the offset its member descriptor
  * gives (a new reference), or getattr where the slots are not known. */
 static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObject *name)
 {
-    if (off >= 0 && handle_fast_path(self) &&
-        (Py_IS_TYPE(h, self->handle_type) || Py_IS_TYPE(h, self->timer_type))) {
+    if (self->slots_known && is_asyncio_handle(self, h)) {
         PyObject *v = *(PyObject **)((char *)h + off);
         if (v)
             return Py_NewRef(v);
@@ -995,10 +1001,7 @@ static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObje
  * which says what Handle._run would have said. */
 static int run_handle(LoopCore *self, PyObject *h)
 {
-    int known = 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->handle_types); i++)
-        known |= Py_IS_TYPE(h, (PyTypeObject *)PyTuple_GET_ITEM(self->handle_types, i));
-    if (!known)
+    if (!is_asyncio_handle(self, h))
         return call_noargs(h, s_handle_run);
     /* new references: the callback may cancel its own handle, which clears these slots */
     PyObject *ctx = handle_slot(self, h, self->off_context, s_context);
@@ -1139,13 +1142,6 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static int handle_fast_path(LoopCore *self)
-{
-    return self->off_callback >= 0 && self->off_args >= 0 && self->off_cancelled >= 0 &&
-           self->off_loop >= 0 && self->off_tb >= 0 && self->off_repr >= 0 &&
-           self->off_context >= 0 && self->off_when >= 0 && self->off_scheduled >= 0;
-}
-
 static void set_slot(PyObject *h, Py_ssize_t off, PyObject *v) /* steals v */
 {
     *(PyObject **)((char *)h + off) = v;
@@ -1159,7 +1155,7 @@ static int fast_call(LoopCore *self, PyObject *const *args, Py_ssize_t nargs, Py
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     *context = NULL;
-    if (nargs < lead + 1 || !handle_fast_path(self))
+    if (nargs < lead + 1 || !self->slots_known)
         return 0;
     if (nkw) {
         if (nkw != 1 ||
@@ -1285,9 +1281,7 @@ static PyObject *LoopCore_call_later(LoopCore *self, PyObject *const *args, Py_s
                    : 0; /* delay=None: asyncio's TypeError */
     if (fast <= 0)
         return fast < 0 ? NULL : call_python(self, self->py_call_later, args, nargs, kwnames);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic(), to the same double */
-    PyObject *now = PyFloat_FromDouble((double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9);
+    PyObject *now = PyFloat_FromDouble(monotonic());
     PyObject *when = now ? PyNumber_Add(now, args[0]) : NULL;
     Py_XDECREF(now);
     if (!when)
