@@ -22,7 +22,8 @@ enum { TAG_PY = 0, TAG_RECV = 1, TAG_SEND = 2, TAG_WAKE = 3, TAG_IGNORE = 4, TAG
 #define BGID 0
 
 enum { ST_CQES, ST_ENOBUFS, ST_RECV_ARMS, ST_SENDS, ST_SHORT_SENDS, ST_SQ_FULL,
-       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_DIRECT_SENDS, ST_TIMER_ARMS, ST_POLLS_SKIPPED, ST_N };
+       ST_DGRAM_TRUNCATED, ST_DGRAM_BAD, ST_WAITS, ST_DIRECT_SENDS, ST_TIMER_ARMS,
+       ST_POLLS_SKIPPED, ST_N };
 
 /* A wait's deadline may come out this much earlier than the armed timer's without
  * moving it: the two are computed from separate clock reads. */
@@ -736,8 +737,8 @@ static void set_ts(struct __kernel_timespec *ts, int64_t ns)
     ts->tv_nsec = ns % 1000000000;
 }
 
-/* Have the armed timer fire by `at` (CLOCK_MONOTONIC ns). Returns 1 when it will, so the wait
- * needs no timeout of its own; 0 when this wait must carry it (SQPOLL: the timer's
+/* Have the armed timer fire by `at` (CLOCK_MONOTONIC ns). Returns 1 when it will, so the
+ * wait needs no timeout of its own; 0 when this wait must carry it (SQPOLL: the timer's
  * SQE would reach the kernel only when the SQ thread gets to it; or the kernel
  * refused the op). A timer armed earlier than needed is left: it wakes the loop
  * early, once, and the next wait arms the later deadline. */
@@ -805,8 +806,8 @@ static int enter(al_loop *l, int64_t timeout_ns, int64_t deadline)
     } else if (timeout_ns < 0 || arm_timer(l, deadline)) {
         ret = io_uring_submit_and_wait(ring, 1);
     } else {
-        struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000,
-                                       .tv_nsec = timeout_ns % 1000000000};
+        struct __kernel_timespec ts;
+        set_ts(&ts, timeout_ns);
         struct io_uring_cqe *cqe;
         ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
     }
