@@ -300,10 +300,6 @@ class Loop(asyncio.SelectorEventLoop):
         kept = self._unclaimed.get(sock, {}).get(keep)
         return kept.popleft() if kept else None
 
-    def _claim_bytes(self, sock, limit):
-        data = self._claim(sock, "recv")
-        return data if data is None else self._keep_rest(sock, data, limit)
-
     def _keep_rest(self, sock, data, limit):
         """The first ``limit`` bytes of a kept result; the rest stays first in line."""
         if len(data) > limit:
@@ -313,25 +309,28 @@ class Loop(asyncio.SelectorEventLoop):
         return data
 
     async def sock_recv(self, sock, n):
-        data = self._claim_bytes(sock, n)
-        if data is not None:
-            return data
+        def take(data):  # a cancelled call's bytes, for this one
+            return self._keep_rest(sock, data, n)
+
+        kept = self._claim(sock, "recv")
+        if kept is not None:
+            return take(kept)
         buf = bytearray(n)
         cbuf = ffi.from_buffer(buf)
         return await self._sock_op(sock, lib.al_op_recv, lambda res: bytes(buf[:res]),
-                                   cbuf, n, 0, keep="recv",
-                                   take=lambda data: self._keep_rest(sock, data, n))
+                                   cbuf, n, 0, keep="recv", take=take)
 
     async def sock_recv_into(self, sock, buf):
         cbuf = ffi.from_buffer(buf, require_writable=True)
-        data = self._claim_bytes(sock, len(cbuf))
-        if data is not None:
-            cbuf[0:len(data)] = data
-            return len(data)
-        def take(data):
+
+        def take(data):  # a cancelled call's bytes, into this one's buffer
             data = self._keep_rest(sock, data, len(cbuf))
             cbuf[0:len(data)] = data
             return len(data)
+
+        kept = self._claim(sock, "recv")
+        if kept is not None:
+            return take(kept)
 
         # A cancelled call's bytes are in the caller's buffer: keep a copy of them.
         return await self._sock_op(sock, lib.al_op_recv, lambda res: res, cbuf, len(cbuf), 0,
