@@ -23,8 +23,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from _cbuild import build_c
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -47,14 +48,6 @@ CASES = {
 # DPDK cases that name their virtual device; plain "dpdk" takes the engine's default
 # (net_af_xdp on an interface that takes XDP, as a veth does)
 VDEVS = {"af_packet": "net_af_packet,iface={iface},framecnt=4096"}
-
-
-def build_client() -> str:
-    out = os.path.join(tempfile.gettempdir(), "aiolowlat_bypass_pingpong")
-    src = os.path.join(ROOT, "csrc", "bypass_pingpong.c")
-    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src], check=True)
-    return out
 
 
 # -- the echo side (runs as: ip netns exec A python bypass_rtt.py --serve CASE ...) --
@@ -213,7 +206,7 @@ def main(argv=None) -> int:
     round_trips = args.round_trips or (5000 if args.quick else 50000)
     rounds = args.rounds or (1 if args.quick else 3)
     flood = 50000 if args.quick else 300000
-    client = build_client()
+    client = build_c("bypass_pingpong")
     results = {case: [] for case in cases}
     with VethPair() as pair:
         # A real NIC puts full UDP checksums on the wire; veth leaves them to offload.

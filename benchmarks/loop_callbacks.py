@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -30,19 +31,22 @@ async def sleep0(n: int) -> None:
         await asyncio.sleep(0)
 
 
-async def call_soon_chain(n: int) -> None:
+async def callback_chain(n: int, later: bool) -> None:
+    """n callbacks, each scheduling the next: by call_soon, or by call_later(0)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    left = [n]
+    left = [n + 1]  # the first tick, below, only schedules
 
     def tick():
         left[0] -= 1
-        if left[0]:
-            loop.call_soon(tick)
-        else:
+        if not left[0]:
             done.set_result(None)
+        elif later:
+            loop.call_later(0, tick)
+        else:
+            loop.call_soon(tick)
 
-    loop.call_soon(tick)
+    tick()
     await done
 
 
@@ -54,22 +58,6 @@ async def future_chain(n: int) -> None:
         await fut
 
 
-async def call_later_chain(n: int) -> None:
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    left = [n]
-
-    def tick():
-        left[0] -= 1
-        if left[0]:
-            loop.call_later(0, tick)
-        else:
-            done.set_result(None)
-
-    loop.call_later(0, tick)
-    await done
-
-
 async def many_tasks(n: int) -> None:
     # n operations: batches of 1,000 tasks, each awaiting sleep(0) ten times, gathered
     for _ in range(max(1, n // 10_000)):
@@ -79,9 +67,9 @@ async def many_tasks(n: int) -> None:
 # case -> (body, operations per run); each body performs n operations
 CASES = {
     "sleep0": (sleep0, 200_000),
-    "call_soon_chain": (call_soon_chain, 300_000),
+    "call_soon_chain": (functools.partial(callback_chain, later=False), 300_000),
     "future_chain": (future_chain, 100_000),
-    "call_later0_chain": (call_later_chain, 100_000),
+    "call_later0_chain": (functools.partial(callback_chain, later=True), 100_000),
     "tasks_1000x10": (many_tasks, 200_000),
 }
 

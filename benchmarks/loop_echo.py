@@ -32,9 +32,10 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
+
+from _cbuild import build_c
 
 HOST = "127.0.0.1"
 LOOPS = ("asyncio", "uvloop", "aiolowlat", "aiolowlat-busy", "c-uring", "c-uring-busy")
@@ -415,18 +416,6 @@ def stop(proc) -> None:
     proc.join()
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def build_floor() -> str:
-    out = os.path.join(tempfile.gettempdir(), "aiolowlat_loop_pingpong")
-    src = os.path.join(ROOT, "csrc", "loop_pingpong.c")
-    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src, "-luring"], check=True,
-                       capture_output=True, text=True)
-    return out
-
-
 def run_floor(case_name: str, kind: str, s: Settings) -> dict:
     """The C floor of a TCP case: one program, its own client and server processes."""
     case = CASES[case_name]
@@ -437,11 +426,11 @@ def run_floor(case_name: str, kind: str, s: Settings) -> dict:
     else:
         args = ["throughput", case.size, case.conns, s.duration_s, s.warmup_s]
     try:
-        prog = build_floor()
+        prog = build_c("loop_pingpong", "-luring")
         done = subprocess.run([prog, *map(str, args), busy, str(server_core), str(client_core)],
                               capture_output=True, text=True, timeout=s.deadline_s)
-    except subprocess.CalledProcessError as exc:
-        return {"error": f"gcc: {(exc.stderr or str(exc)).strip()[:200]}"}
+    except RuntimeError as exc:  # gcc's message
+        return {"error": str(exc)[:200]}
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": describe(exc)}
     if done.returncode != 0:
