@@ -324,27 +324,33 @@ def test_bad_tls_settings_are_named(pki, tmp_path):
     assert parse_settings(cfg.replace("SocketUseSSL=Y", "SocketUseSSL=N"))[0].ssl is None
 
 
+def run_client_against(server_cmd, client_cmd):
+    """Start the server process, run the client to its end, then collect the server (which
+    stops on its own --seconds): (client result, server exit code, server stdout, stderr)."""
+    server = subprocess.Popen(server_cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        client = subprocess.run(client_cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        out, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return client, server.returncode, out, err
+
+
 def test_cli_runs_tls_sessions_from_files(pki, tmp_path):
     port = free_port()
     server_cfg, client_cfg = tmp_path / "server.cfg", tmp_path / "client.cfg"
     server_cfg.write_text(acceptor_cfg(pki, port))
     client_cfg.write_text(initiator_cfg(pki, port))
     cmd = [sys.executable, "-m", "aiolowlat.fix"]
-    acceptor = subprocess.Popen([*cmd, "acceptor", "--config", str(server_cfg), "--seconds", "6",
-                                 "--loop", "aiolowlat"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    try:
-        initiator = subprocess.run([*cmd, "initiator", "--config", str(client_cfg),
-                                    "--seconds", "3", "--orders-per-second", "5", "-v"],
-                                   cwd=ROOT, capture_output=True, text=True, timeout=30)
-        out, err = acceptor.communicate(timeout=30)
-    finally:
-        if acceptor.poll() is None:
-            acceptor.kill()
-            acceptor.wait()
+    initiator, acceptor_rc, out, err = run_client_against(
+        [*cmd, "acceptor", "--config", str(server_cfg), "--seconds", "6", "--loop", "aiolowlat"],
+        [*cmd, "initiator", "--config", str(client_cfg), "--seconds", "3",
+         "--orders-per-second", "5", "-v"])
     assert initiator.returncode == 0, initiator.stderr
-    assert acceptor.returncode == 0, err
+    assert acceptor_rc == 0, err
     assert "fix logon ('FIX.4.4', 'CLIENT', 'EXCH')" in initiator.stderr
     orders = [line for line in out.splitlines() if '"type":"NewOrderSingle"' in line]
     assert len(orders) >= 5, out
@@ -365,21 +371,13 @@ def test_cli_initiator_against_simulator_over_tls(pki, tmp_path):
     port = free_port()
     client_cfg = tmp_path / "client.cfg"
     client_cfg.write_text(initiator_cfg(pki, port, client_cert=False))
-    sim = subprocess.Popen([sys.executable, "-m", "aiolowlat.sim.fix_exchange", "--port",
-                            str(port), "--symbols", "AAPL", "--mid", "1.0", "--seconds", "6",
-                            "--certfile", pki["server"], "--keyfile", pki["server_key"]],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        initiator = subprocess.run([sys.executable, "-m", "aiolowlat.fix", "initiator",
-                                    "--config", str(client_cfg), "--seconds", "3",
-                                    "--orders-per-second", "5"],
-                                   cwd=ROOT, capture_output=True, text=True, timeout=30)
-        out, err = sim.communicate(timeout=30)
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.wait()
-    assert initiator.returncode == 0 and sim.returncode == 0, (initiator.stderr, err)
+    initiator, sim_rc, out, err = run_client_against(
+        [sys.executable, "-m", "aiolowlat.sim.fix_exchange", "--port", str(port), "--symbols",
+         "AAPL", "--mid", "1.0", "--seconds", "6", "--certfile", pki["server"], "--keyfile",
+         pki["server_key"]],
+        [sys.executable, "-m", "aiolowlat.fix", "initiator", "--config", str(client_cfg),
+         "--seconds", "3", "--orders-per-second", "5"])
+    assert initiator.returncode == 0 and sim_rc == 0, (initiator.stderr, err)
     assert f"on 127.0.0.1:{port} (TLS)" in out
     # The demo orders buy 1 at 1.0 below the seeded asks: each is acknowledged New.
     reports = [line for line in initiator.stdout.splitlines()
