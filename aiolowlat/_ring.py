@@ -85,7 +85,8 @@ class Ring(selectors.BaseSelector):
         self._ready = []  # selector events gathered during one select()
         # The wait and the per-event dispatch run in C (see csrc/evloop.c).
         self._disp = Dispatcher(_address(ring), _address(ffi.addressof(lib, "al_wait")),
-                                _address(lib.al_loop_pool(ring)), self, self.conns, self.ops)
+                                _address(lib.al_loop_pool(ring)), self, self.conns, self.ops,
+                                busy_poll)
 
     # -- plumbing shared by the loop and its transports --
 

@@ -72,6 +72,7 @@ typedef struct {
     unsigned char *pool;
     PyObject *owner; /* the Ring: its on_error reports a failed callback */
     PyObject *conns, *ops;
+    int busy; /* the ring busy-polls: its waits spin in user space */
     uint64_t toks[MAX_EVENTS], aux[MAX_EVENTS];
     int64_t res[MAX_EVENTS], stamps[MAX_EVENTS];
 } Dispatcher;
@@ -80,9 +81,11 @@ static int Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kw)
 {
     unsigned long long ring, wait, pool;
     PyObject *owner, *conns, *ops;
-    if (!PyArg_ParseTuple(args, "KKKOO!O!", &ring, &wait, &pool, &owner, &PyDict_Type, &conns,
-                          &PyDict_Type, &ops))
+    int busy = 0;
+    if (!PyArg_ParseTuple(args, "KKKOO!O!|p", &ring, &wait, &pool, &owner, &PyDict_Type, &conns,
+                          &PyDict_Type, &ops, &busy))
         return -1;
+    self->busy = busy;
     self->ring = (al_loop *)(uintptr_t)ring;
     self->wait = (wait_fn)(uintptr_t)wait;
     self->pool = (unsigned char *)(uintptr_t)pool;
@@ -454,7 +457,10 @@ static int dispatch_one(Dispatcher *self, int i)
 
 /* Wait up to ns (<0: forever) and dispatch: the count of events, -errno from
  * the wait, or PY_ERROR with a Python exception set. */
-enum { PY_ERROR = INT_MIN };
+enum { PY_ERROR = INT_MIN, GIL_HOLD_NS = 50000 };
+
+static int dispatch_all(Dispatcher *self, int n);
+static double monotonic(void);
 
 static int dispatcher_wait(Dispatcher *self, int64_t ns)
 {
@@ -463,13 +469,26 @@ static int dispatcher_wait(Dispatcher *self, int64_t ns)
         return PY_ERROR;
     }
     int n;
-    if (ns == 0) { /* no wait: not worth giving the GIL away */
-        n = self->wait(self->ring, 0, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        n = self->wait(self->ring, ns, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
-        Py_END_ALLOW_THREADS
+    /* A busy-polling ring spins up to GIL_HOLD_NS holding the GIL, then gives it away for
+     * the rest of the wait: a reply within a round trip costs no GIL hand-over (release
+     * and take, ~0.1 us a wait here), and no thread waits on us longer than a slice
+     * far under CPython's own switch interval (5 ms). */
+    int64_t held = ns == 0 ? 0 : !self->busy ? -1 : ns > 0 && ns < GIL_HOLD_NS ? ns : GIL_HOLD_NS;
+    if (held >= 0) {
+        double until = monotonic() + held / 1e9;
+        n = self->wait(self->ring, held, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
+        if (n != 0 || held == ns || monotonic() < until)
+            return dispatch_all(self, n); /* events, an error, or woken: back to Python */
+        ns = ns < 0 ? ns : ns - held;
     }
+    Py_BEGIN_ALLOW_THREADS
+    n = self->wait(self->ring, ns, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
+    Py_END_ALLOW_THREADS
+    return dispatch_all(self, n);
+}
+
+static int dispatch_all(Dispatcher *self, int n)
+{
     for (int i = 0; i < n; i++)
         if (dispatch_one(self, i) < 0)
             return PY_ERROR;
