@@ -16,6 +16,9 @@ The "c-uring" and "c-uring-busy" rows are the floor: the TCP cases in C alone
 (csrc/loop_pingpong.c, built here with gcc), on rings set up as the aiolowlat loop sets up
 its own, pinned as the loops are, no Python. The gap from a loop's row to them is what the
 loop and its protocol cost; their own ratio to uvloop is as far as any io_uring loop gets here.
+"c-socket-busy" (ping-pong only) is the same program on plain sockets spinning on recv(2):
+the gap from c-uring-busy to it is what io_uring's completion path (poll wake-up, task work,
+an io_uring_enter to run it) costs a busy-polling side.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from dataclasses import dataclass
 from _cbuild import build_c
 
 HOST = "127.0.0.1"
-LOOPS = ("asyncio", "uvloop", "aiolowlat", "aiolowlat-busy", "c-uring", "c-uring-busy")
-C_FLOORS = ("c-uring", "c-uring-busy")  # csrc/loop_pingpong.c: TCP cases only
+LOOPS = ("asyncio", "uvloop", "aiolowlat", "aiolowlat-busy", "c-uring", "c-uring-busy",
+         "c-socket-busy")
+# csrc/loop_pingpong.c: TCP cases only; its BUSY argument for each
+C_FLOORS = {"c-uring": 0, "c-uring-busy": 1, "c-socket-busy": 2}
+LATENCY_ONLY = ("c-socket-busy",)
 METRICS = ("rtt_p50_us", "rtt_p99_us", "rtt_p999_us", "round_trips_per_s")
 
 
@@ -420,7 +426,7 @@ def run_floor(case_name: str, kind: str, s: Settings) -> dict:
     """The C floor of a TCP case: one program, its own client and server processes."""
     case = CASES[case_name]
     server_core, client_core = cores_for(kind)
-    busy = str(int(kind.endswith("-busy")))
+    busy = str(C_FLOORS[kind])
     if case.mode == "latency":
         args = ["latency", case.size, s.round_trips, s.warmup_round_trips]
     else:
@@ -562,7 +568,9 @@ def main(argv=None) -> int:
     rows = []
     try:
         for case_name in cases:
-            kinds = [k for k in loops if k not in C_FLOORS or CASES[case_name].transport == "tcp"]
+            case = CASES[case_name]
+            kinds = [k for k in loops if (k not in C_FLOORS or case.transport == "tcp")
+                     and (k not in LATENCY_ONLY or case.mode == "latency")]
             runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
             for i in range(rounds):
                 # Interleave loops, reversing the order every other round to cancel drift.

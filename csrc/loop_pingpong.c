@@ -10,7 +10,10 @@
  *       CONNS connections in lock-step; prints round trips/s as a JSON line
  *
  * BUSY=1 spins on the completion queue (entering the kernel only for IORING_SQ_TASKRUN),
- * as aiolowlat's busy-poll mode does. Both sides give up after 60 s (alarm).
+ * as aiolowlat's busy-poll mode does. BUSY=2 (latency only) uses no ring: each side spins
+ * on recv(2) with MSG_DONTWAIT, a syscall per spin; the data is read as soon as it lands,
+ * with no poll wake-up or task work between, so the gap from BUSY=1 to it is what
+ * io_uring's completion path costs a busy-polling side. Both sides give up after 60 s (alarm).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -35,7 +38,7 @@ struct side {
     struct io_uring ring;
     struct io_uring_buf_ring *br;
     unsigned char *pool;
-    int busy, nfds, *fds;
+    int busy, plain, nfds, *fds; /* plain: BUSY=2, no ring */
     int last_events; /* events the last reap brought: <= 1 is a quiet loop */
 };
 
@@ -72,6 +75,12 @@ static void arm_recv(struct side *s, int i)
 
 static void setup(struct side *s, int *fds, int nfds, int busy)
 {
+    s->busy = busy;
+    s->plain = busy == 2;
+    s->fds = fds;
+    s->nfds = nfds;
+    if (s->plain)
+        return;
     struct io_uring_params p = {0};
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
               IORING_SETUP_TASKRUN_FLAG;
@@ -95,9 +104,6 @@ static void setup(struct side *s, int *fds, int nfds, int busy)
         io_uring_buf_ring_add(s->br, s->pool + (size_t)i * BUFSIZE, BUFSIZE, (unsigned short)i,
                               io_uring_buf_ring_mask(NBUFS), i);
     io_uring_buf_ring_advance(s->br, NBUFS);
-    s->busy = busy;
-    s->fds = fds;
-    s->nfds = nfds;
     for (int i = 0; i < nfds; i++)
         arm_recv(s, i);
 }
@@ -124,6 +130,8 @@ static void send_bytes(struct side *s, int i, const void *buf, size_t len)
 {
     if (s->last_events <= 1 && send(s->fds[i], buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)len)
         return;
+    if (s->plain)
+        die("send", errno ? errno : EAGAIN); /* a 64 B message always fits the socket */
     void *copy = malloc(len);
     if (!copy)
         die("malloc", ENOMEM);
@@ -179,6 +187,32 @@ static int reap(struct side *s, on_data_fn on_data)
     return eofs;
 }
 
+/* BUSY=2: spin on recv(2) on the one connection until bytes or EOF come (1 at EOF). */
+static int plain_recv(struct side *s, on_data_fn on_data)
+{
+    static unsigned char buf[BUFSIZE];
+    for (;;) {
+        ssize_t n = recv(s->fds[0], buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            on_data(s, 0, buf, (int)n);
+            return 0;
+        }
+        if (n == 0)
+            return 1;
+        if (errno != EAGAIN && errno != EINTR)
+            die("recv", errno);
+    }
+}
+
+/* Wait for what arrives and hand it to on_data; returns connections that reached EOF. */
+static int next_events(struct side *s, on_data_fn on_data)
+{
+    if (s->plain)
+        return plain_recv(s, on_data);
+    wait_cqe(s);
+    return reap(s, on_data);
+}
+
 /* ---- server: echo until every connection has closed ---- */
 
 static void echo_back(struct side *s, int i, const unsigned char *data, int n)
@@ -191,10 +225,8 @@ static void serve(int *fds, int n, int busy)
     struct side s = {0};
     alarm(60); /* not inherited across fork */
     setup(&s, fds, n, busy);
-    for (int open = n; open > 0;) {
-        wait_cqe(&s);
-        open -= reap(&s, echo_back);
-    }
+    for (int open = n; open > 0;)
+        open -= next_events(&s, echo_back);
     exit(0);
 }
 
@@ -237,10 +269,8 @@ static void latency(struct side *s, long count, long warmup)
         uint64_t before = completed;
         pending[0] = size;
         send_bytes(s, 0, payload, size);
-        while (completed == before) {
-            wait_cqe(s);
-            reap(s, count_echo);
-        }
+        while (completed == before)
+            next_events(s, count_echo);
         if (k >= warmup)
             rtt[k - warmup] = now_ns() - t0;
     }
@@ -264,7 +294,8 @@ int main(int argc, char **argv)
     int conns = lat ? 1 : (int)n_or_count;
     int busy = atoi(argv[lat ? 5 : 6]);
     int server_core = atoi(argv[lat ? 6 : 7]), client_core = atoi(argv[lat ? 7 : 8]);
-    if (size == 0 || size > BUFSIZE || conns < 1 || conns > MAX_CONNS || argc != (lat ? 8 : 9)) {
+    if (size == 0 || size > BUFSIZE || conns < 1 || conns > MAX_CONNS || argc != (lat ? 8 : 9) ||
+        busy < 0 || busy > 2 || (busy == 2 && !lat)) {
         fprintf(stderr, "loop_pingpong: bad arguments\n");
         return 2;
     }
