@@ -459,8 +459,15 @@ static int dispatch_one(Dispatcher *self, int i)
  * the wait, or PY_ERROR with a Python exception set. */
 enum { PY_ERROR = INT_MIN, GIL_HOLD_NS = 50000 };
 
-static int dispatch_all(Dispatcher *self, int n);
 static double monotonic(void);
+
+static int dispatch_all(Dispatcher *self, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (dispatch_one(self, i) < 0)
+            return PY_ERROR;
+    return n;
+}
 
 static int dispatcher_wait(Dispatcher *self, int64_t ns)
 {
@@ -469,30 +476,27 @@ static int dispatcher_wait(Dispatcher *self, int64_t ns)
         return PY_ERROR;
     }
     int n;
-    /* A busy-polling ring spins up to GIL_HOLD_NS holding the GIL, then gives it away for
-     * the rest of the wait: a reply within a round trip costs no GIL hand-over (release
-     * and take, ~0.1 us a wait here), and no thread waits on us longer than a slice
-     * far under CPython's own switch interval (5 ms). */
-    int64_t held = ns == 0 ? 0 : !self->busy ? -1 : ns > 0 && ns < GIL_HOLD_NS ? ns : GIL_HOLD_NS;
-    if (held >= 0) {
+    if (ns == 0) { /* no wait: not worth giving the GIL away */
+        n = self->wait(self->ring, 0, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
+        return dispatch_all(self, n);
+    }
+    if (self->busy) {
+        /* A busy-polling ring spins up to GIL_HOLD_NS holding the GIL, then gives it away
+         * for the rest of the wait: a reply within a round trip costs no GIL hand-over
+         * (release and take, ~0.1 us a wait here), and no thread waits on us longer than
+         * a slice far under CPython's own switch interval (5 ms). */
+        int64_t held = ns > 0 && ns < GIL_HOLD_NS ? ns : GIL_HOLD_NS;
         double until = monotonic() + held / 1e9;
         n = self->wait(self->ring, held, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
         if (n != 0 || held == ns || monotonic() < until)
             return dispatch_all(self, n); /* events, an error, or woken: back to Python */
-        ns = ns < 0 ? ns : ns - held;
+        if (ns > 0)
+            ns -= held;
     }
     Py_BEGIN_ALLOW_THREADS
     n = self->wait(self->ring, ns, self->toks, self->res, self->aux, self->stamps, MAX_EVENTS);
     Py_END_ALLOW_THREADS
     return dispatch_all(self, n);
-}
-
-static int dispatch_all(Dispatcher *self, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (dispatch_one(self, i) < 0)
-            return PY_ERROR;
-    return n;
 }
 
 /* run(timeout_ns) -> events handled, or -errno from the wait. */
