@@ -18,8 +18,10 @@ import functools
 import heapq
 import importlib.util
 import os
+import signal
 import socket
 import sys
+import threading
 import weakref
 from asyncio import base_events, constants, events, format_helpers, sslproto
 from collections import deque
@@ -119,6 +121,21 @@ class Loop(asyncio.SelectorEventLoop):
     def _run_once(self):
         """One iteration, asyncio's, in C (csrc/evloop.c LoopCore.run_once)."""
         self._core.run_once()
+
+    def run_forever(self):
+        # As uvloop does: while the loop runs in the main thread, every signal writes the
+        # self-pipe, so a Python-level handler (asyncio.Runner's Ctrl-C, signal.signal) runs
+        # at once. Without it, a signal taken by another thread, or landing between the last
+        # bytecode and the ring's wait, leaves the wait asleep until its next event (asyncio's
+        # own loop behaves so).
+        wakes = self._csock is not None and threading.current_thread() is threading.main_thread()
+        if wakes:
+            old = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        try:
+            super().run_forever()
+        finally:
+            if wakes and not self._signal_handlers:  # add_signal_handler's own stays set
+                signal.set_wakeup_fd(old)
 
     def _drop_cancelled_timers(self):
         scheduled = self._scheduled

@@ -38,16 +38,21 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "xfail_uvloop(reason): uvloop legitimately differs from asyncio here"
     )
+    config.addinivalue_line(
+        "markers", "xfail_asyncio(reason): aiolowlat does as uvloop, where asyncio falls short"
+    )
 
 
 def pytest_collection_modifyitems(items):
-    # Turn xfail_uvloop into a strict xfail of the uvloop param only: if uvloop
-    # ever gains the behaviour, the XPASS fails and the marker must go.
+    # Turn xfail_uvloop (xfail_asyncio) into a strict xfail of the uvloop (asyncio) param
+    # only: if that loop ever gains the behaviour, the XPASS fails and the marker must go.
     for item in items:
-        marker = item.get_closest_marker("xfail_uvloop")
         callspec = getattr(item, "callspec", None)
-        if marker and callspec and callspec.params.get("loop") == "uvloop":
-            item.add_marker(pytest.mark.xfail(strict=True, reason=marker.args[0]))
+        param = callspec.params.get("loop") if callspec else None
+        for name, kind in (("xfail_uvloop", "uvloop"), ("xfail_asyncio", "asyncio")):
+            marker = item.get_closest_marker(name)
+            if marker and param == kind:
+                item.add_marker(pytest.mark.xfail(strict=True, reason=marker.args[0]))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,6 +4,8 @@ import asyncio
 import os
 import signal
 import sys
+import threading
+import time
 
 import pytest
 from conftest import run
@@ -143,6 +145,42 @@ def test_signal_handler_called_for_each_signal(loop, sigusr1_guard):
 
     run(loop, main())
     assert sigusr1_guard == []
+
+
+@pytest.mark.xfail_asyncio(
+    "asyncio's loop sets no signal wakeup fd of its own: a signal another thread takes "
+    "waits for the loop's next event"
+)
+def test_signal_taken_by_another_thread_wakes_the_loop(loop, sigusr1_guard):
+    # asyncio.Runner's Ctrl-C is such a Python-level handler: it must run while the loop
+    # sleeps, not at its next event (the 2 s timeout here). uvloop sets a wakeup fd for it.
+    sent_at = []
+
+    def send_from_another_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        time.sleep(0.2)  # the loop is asleep in its wait by then
+        sent_at.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    async def main():
+        handled = loop.create_future()
+        signal.signal(
+            signal.SIGUSR1, lambda *a: handled.done() or handled.set_result(time.monotonic())
+        )
+        sender = threading.Thread(target=send_from_another_thread)
+        # Blocked here, the process-wide signal goes to the sender thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            sender.start()
+            return await asyncio.wait_for(handled, 2)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+            sender.join()
+
+    handled_at = run(loop, main())
+    # Woken: at once. Not woken: only when the 2 s timeout wakes the loop, 1.8 s later.
+    assert handled_at - sent_at[0] < 1.0
+    assert signal.set_wakeup_fd(-1) == -1  # the loop put back what it found
 
 
 def test_add_signal_handler_rejects_bad_input(loop):
