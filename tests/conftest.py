@@ -11,6 +11,7 @@ import gc
 import os
 import resource
 import shutil
+import signal
 import ssl
 import tempfile
 
@@ -104,6 +105,13 @@ def loop(request, warmed_up):
     gc.collect()
     leaked = open_fds() - before
     assert leaked <= 0, f"{request.param}: {leaked} file descriptor(s) leaked"
+
+
+def sigint_at_default():
+    """Popen's preexec_fn for a child that a test stops with Ctrl-C: SIGINT at its default,
+    as a foreground program has it. Run as a background job, these tests inherit SIGINT
+    ignored from the shell, and a Python child keeps ignoring it (as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(loop, coro, timeout=10):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run
+from conftest import run, sigint_at_default
 from netns import VethPair, in_netns
 
 from aiolowlat.protocols.book import BookBuilder
@@ -196,7 +196,8 @@ def test_example_runs_and_prints_books():
 
 def test_example_shuts_down_cleanly_on_ctrl_c():
     with subprocess.Popen([sys.executable, EXAMPLE], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=sigint_at_default) as process:  # fmt: skip
         try:
             for _ in range(100):  # bounded: wait for the first report
                 if process.stdout.readline().startswith("["):

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import run
+from conftest import run, sigint_at_default
 
 from aiolowlat.protocols.moldudp64 import decode_packet, encode_request
 from aiolowlat.sim import ItchFeed, LineImpairment
@@ -136,7 +136,7 @@ def test_cli_stops_by_itself_after_seconds():
 
 def test_cli_shuts_down_cleanly_on_ctrl_c():
     with subprocess.Popen(_cli("--events", "2000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=ROOT) as process:  # fmt: skip
+                          text=True, cwd=ROOT, preexec_fn=sigint_at_default) as process:  # fmt: skip
         try:
             assert process.stdout.readline().startswith("session")
             process.send_signal(signal.SIGINT)
