@@ -869,7 +869,7 @@ static int LoopCore_init(LoopCore *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->ready, PyObject_GetAttrString(loop, "_ready"));
     Py_XSETREF(self->scheduled, PyObject_GetAttrString(loop, "_scheduled"));
     Py_XSETREF(self->ready_popleft,
-               self->ready ? PyObject_GetAttrString(self->ready, "popleft") : NULL);
+               self->ready ? PyObject_GetAttr(self->ready, s_popleft) : NULL);
     Py_XSETREF(self->ring_ready, PyObject_GetAttrString(ring, "_ready"));
     Py_XSETREF(self->batching, PyObject_GetAttrString(ring, "batching"));
     if (!self->heappop || !self->heappush || !self->ready || !self->ready_popleft ||
@@ -1020,6 +1020,15 @@ static PyObject *handle_slot(LoopCore *self, PyObject *h, Py_ssize_t off, PyObje
     return PyObject_GetAttr(h, name);
 }
 
+/* h._cancelled, read by slot: 1, 0, or -1 with an exception. */
+static int handle_cancelled(LoopCore *self, PyObject *h)
+{
+    PyObject *c = handle_slot(self, h, self->off_cancelled, s_cancelled);
+    int cancelled = c ? PyObject_IsTrue(c) : -1;
+    Py_XDECREF(c);
+    return cancelled;
+}
+
 /* Handle._run without its Python frame; an exception goes to report(handle, exc),
  * which says what Handle._run would have said. */
 static int run_handle(LoopCore *self, PyObject *h)
@@ -1102,10 +1111,7 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
     Py_ssize_t nsched = PyList_GET_SIZE(scheduled);
     if (nsched) {
         /* The Python side purges a heap full of cancelled timers, or cancelled heads. */
-        PyObject *c = handle_slot(self, PyList_GET_ITEM(scheduled, 0), self->off_cancelled,
-                                  s_cancelled);
-        int head_cancelled = c ? PyObject_IsTrue(c) : -1;
-        Py_XDECREF(c);
+        int head_cancelled = handle_cancelled(self, PyList_GET_ITEM(scheduled, 0));
         if (head_cancelled < 0)
             return NULL;
         if ((head_cancelled || nsched > 100) && call_noargs(self->loop, s_drop_cancelled) < 0)
@@ -1154,9 +1160,7 @@ static PyObject *LoopCore_run_once(LoopCore *self, PyObject *unused)
         PyObject *h = PyObject_CallNoArgs(self->ready_popleft);
         if (!h)
             return NULL;
-        PyObject *c = handle_slot(self, h, self->off_cancelled, s_cancelled);
-        int cancelled = c ? PyObject_IsTrue(c) : -1;
-        Py_XDECREF(c);
+        int cancelled = handle_cancelled(self, h);
         int err = cancelled < 0 ? -1 : cancelled ? 0 : run_handle(self, h);
         Py_DECREF(h);
         if (err)
@@ -1281,14 +1285,23 @@ static PyObject *schedule_timer(LoopCore *self, PyObject *when, PyObject *const 
     return t;
 }
 
+/* fast_call for call_at/call_later, whose first argument (when, delay) comes before the
+ * callback: None there takes asyncio's own, for its TypeError. */
+static int fast_timer_call(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, PyObject **context)
+{
+    *context = NULL;
+    if (nargs < 1 || args[0] == Py_None)
+        return 0;
+    return fast_call(self, args, nargs, kwnames, 1, context);
+}
+
 /* loop.call_at(when, callback, *args, context=None), in C as call_soon is. */
 static PyObject *LoopCore_call_at(LoopCore *self, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
     PyObject *context;
-    int fast = nargs >= 1 && args[0] != Py_None
-                   ? fast_call(self, args, nargs, kwnames, 1, &context)
-                   : 0; /* when=None: asyncio's TypeError */
+    int fast = fast_timer_call(self, args, nargs, kwnames, &context);
     if (fast <= 0)
         return fast < 0 ? NULL : call_python(self, self->py_call_at, args, nargs, kwnames);
     return schedule_timer(self, Py_NewRef(args[0]), args + 1, nargs - 1, context);
@@ -1299,9 +1312,7 @@ static PyObject *LoopCore_call_later(LoopCore *self, PyObject *const *args, Py_s
                                      PyObject *kwnames)
 {
     PyObject *context;
-    int fast = nargs >= 1 && args[0] != Py_None
-                   ? fast_call(self, args, nargs, kwnames, 1, &context)
-                   : 0; /* delay=None: asyncio's TypeError */
+    int fast = fast_timer_call(self, args, nargs, kwnames, &context);
     if (fast <= 0)
         return fast < 0 ? NULL : call_python(self, self->py_call_later, args, nargs, kwnames);
     PyObject *now = PyFloat_FromDouble(monotonic());
