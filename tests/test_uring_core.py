@@ -1,6 +1,7 @@
 """What only the io_uring loop has: ring entries, provided buffers, its issuer thread."""
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -38,6 +39,21 @@ class Answered(asyncio.Protocol):
 
     def data_received(self, data):
         self.answer.set_result(data)
+
+
+@contextlib.asynccontextmanager
+async def _answered_echo(loop):
+    """(transport, Answered protocol) connected to a local echo server, both closed after."""
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    tr, proto = await loop.create_connection(
+        Answered, "127.0.0.1", server.sockets[0].getsockname()[1]
+    )
+    try:
+        yield tr, proto
+    finally:
+        tr.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def _settle(loop, iterations=20):
@@ -156,23 +172,17 @@ def test_one_timer_op_serves_many_waits():
             loop.call_later(3600, lambda: None)
             await _settle(loop)
             baseline_inflight = loop._ring.inflight()
-            server = await loop.create_server(Echo, "127.0.0.1", 0)
-            tr, proto = await loop.create_connection(
-                Answered, "127.0.0.1", server.sockets[0].getsockname()[1]
-            )
-            before = loop._ring.stats()
-            for _ in range(200):  # a blocking wait per round trip, toward the hour-away timer
-                proto.answer = echoed = loop.create_future()
-                tr.write(b"x")
-                # wait_for's own timer each time is a later deadline: the armed op stays
-                assert await asyncio.wait_for(echoed, 5) == b"x"
-            after = loop._ring.stats()
-            t0 = loop.time()
-            await asyncio.sleep(0.02)  # earlier than the armed hour: the timer moves
-            slept = loop.time() - t0
-            tr.close()
-            server.close()
-            await server.wait_closed()
+            async with _answered_echo(loop) as (tr, proto):
+                before = loop._ring.stats()
+                for _ in range(200):  # a blocking wait per round trip, toward the hour-away timer
+                    proto.answer = echoed = loop.create_future()
+                    tr.write(b"x")
+                    # wait_for's own timer each time is a later deadline: the armed op stays
+                    assert await asyncio.wait_for(echoed, 5) == b"x"
+                after = loop._ring.stats()
+                t0 = loop.time()
+                await asyncio.sleep(0.02)  # earlier than the armed hour: the timer moves
+                slept = loop.time() - t0
             await _settle(loop)
             return before, after, loop._ring.stats(), slept, baseline_inflight
 
@@ -194,23 +204,17 @@ def test_a_loop_running_callbacks_polls_without_a_syscall_and_still_sees_io():
     loop = aiolowlat.new_event_loop()
     try:
         async def main():
-            server = await loop.create_server(Echo, "127.0.0.1", 0)
-            tr, proto = await loop.create_connection(
-                Answered, "127.0.0.1", server.sockets[0].getsockname()[1]
-            )
-            proto.answer = echoed = loop.create_future()
-            tr.write(b"x")
-            for _ in range(100_000):  # no blocking wait in here: only zero-timeout polls
-                if echoed.done():
-                    break
-                await asyncio.sleep(0)
-            before = loop._ring.stats()
-            for _ in range(2000):
-                await asyncio.sleep(0)
-            after = loop._ring.stats()
-            tr.close()
-            server.close()
-            await server.wait_closed()
+            async with _answered_echo(loop) as (tr, proto):
+                proto.answer = echoed = loop.create_future()
+                tr.write(b"x")
+                for _ in range(100_000):  # no blocking wait in here: only zero-timeout polls
+                    if echoed.done():
+                        break
+                    await asyncio.sleep(0)
+                before = loop._ring.stats()
+                for _ in range(2000):
+                    await asyncio.sleep(0)
+                after = loop._ring.stats()
             return echoed, before, after
 
         echoed, before, after = run(loop, main())
